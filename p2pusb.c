@@ -1,0 +1,2203 @@
+/*
+ * p2pusb - share USB devices between Linux machines over TCP, speaking the
+ * kernel's own USB/IP protocol.
+ *
+ *   p2pusb serve    exports local devices through libusb: a userspace
+ *                   usbipd and usbip-host in one process
+ *   p2pusb attach   imports a remote device into this kernel's vhci_hcd
+ *
+ * A USB/IP session is one TCP connection in two phases:
+ *
+ *   1. handshake: the client sends OP_REQ_IMPORT naming a busid; the server
+ *      claims the device and answers OP_REP_IMPORT with its record.
+ *   2. URBs: the client's vhci_hcd sends CMD_SUBMIT and CMD_UNLINK; the
+ *      server runs them on the real device and answers RET_SUBMIT and
+ *      RET_UNLINK.
+ *
+ * vhci_hcd speaks only phase 2.  The attach side does phase 1 itself and
+ * then hands the connected socket to the kernel through sysfs.
+ *
+ * This file reads top to bottom in the order data flows: wire encoding, the
+ * socket layer, local USB devices, the handshake, the server's event loop
+ * and URB path, the client's attach path, the command line.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <err.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <glob.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libusb.h>
+
+#include "p2pusb.h"
+
+#define P2PUSB_VERSION	"0.1"
+
+static int verbose;
+
+#define debug(level, ...) \
+	do { if (verbose >= (level)) warnx(__VA_ARGS__); } while (0)
+
+/* ---- wire encoding: explicit big-endian, field by field ------------- */
+
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Where a field sits on the wire: its offset in the checked struct. */
+#define AT(p, type, field) ((p) + offsetof(struct type, field))
+
+static void pack_op_common(uint8_t *p, uint16_t code, uint32_t status)
+{
+	put16(AT(p, op_common, version), USBIP_VERSION);
+	put16(AT(p, op_common, code), code);
+	put32(AT(p, op_common, status), status);
+}
+
+static void unpack_op_common(const uint8_t *p, struct op_common *op)
+{
+	op->version = get16(AT(p, op_common, version));
+	op->code = get16(AT(p, op_common, code));
+	op->status = get32(AT(p, op_common, status));
+}
+
+static void pack_import_request(uint8_t *p, const char *busid)
+{
+	pack_op_common(p, OP_REQ_IMPORT, ST_OK);
+	memset(p + OP_COMMON_SIZE, 0, SYSFS_BUS_ID_SIZE);
+	memcpy(p + OP_COMMON_SIZE, busid,
+	       strnlen(busid, SYSFS_BUS_ID_SIZE - 1));
+}
+
+static void pack_device(uint8_t *p, const struct usbip_usb_device *d)
+{
+	memcpy(AT(p, usbip_usb_device, path), d->path, SYSFS_PATH_MAX);
+	memcpy(AT(p, usbip_usb_device, busid), d->busid, SYSFS_BUS_ID_SIZE);
+	put32(AT(p, usbip_usb_device, busnum), d->busnum);
+	put32(AT(p, usbip_usb_device, devnum), d->devnum);
+	put32(AT(p, usbip_usb_device, speed), d->speed);
+	put16(AT(p, usbip_usb_device, idVendor), d->idVendor);
+	put16(AT(p, usbip_usb_device, idProduct), d->idProduct);
+	put16(AT(p, usbip_usb_device, bcdDevice), d->bcdDevice);
+	*AT(p, usbip_usb_device, bDeviceClass) = d->bDeviceClass;
+	*AT(p, usbip_usb_device, bDeviceSubClass) = d->bDeviceSubClass;
+	*AT(p, usbip_usb_device, bDeviceProtocol) = d->bDeviceProtocol;
+	*AT(p, usbip_usb_device, bConfigurationValue) = d->bConfigurationValue;
+	*AT(p, usbip_usb_device, bNumConfigurations) = d->bNumConfigurations;
+	*AT(p, usbip_usb_device, bNumInterfaces) = d->bNumInterfaces;
+}
+
+static void unpack_device(const uint8_t *p, struct usbip_usb_device *d)
+{
+	memcpy(d->path, AT(p, usbip_usb_device, path), SYSFS_PATH_MAX);
+	memcpy(d->busid, AT(p, usbip_usb_device, busid), SYSFS_BUS_ID_SIZE);
+	d->path[SYSFS_PATH_MAX - 1] = '\0';
+	d->busid[SYSFS_BUS_ID_SIZE - 1] = '\0';
+	d->busnum = get32(AT(p, usbip_usb_device, busnum));
+	d->devnum = get32(AT(p, usbip_usb_device, devnum));
+	d->speed = get32(AT(p, usbip_usb_device, speed));
+	d->idVendor = get16(AT(p, usbip_usb_device, idVendor));
+	d->idProduct = get16(AT(p, usbip_usb_device, idProduct));
+	d->bcdDevice = get16(AT(p, usbip_usb_device, bcdDevice));
+	d->bDeviceClass = *AT(p, usbip_usb_device, bDeviceClass);
+	d->bDeviceSubClass = *AT(p, usbip_usb_device, bDeviceSubClass);
+	d->bDeviceProtocol = *AT(p, usbip_usb_device, bDeviceProtocol);
+	d->bConfigurationValue = *AT(p, usbip_usb_device, bConfigurationValue);
+	d->bNumConfigurations = *AT(p, usbip_usb_device, bNumConfigurations);
+	d->bNumInterfaces = *AT(p, usbip_usb_device, bNumInterfaces);
+}
+
+static void pack_interface(uint8_t *p, const struct usbip_usb_interface *i)
+{
+	p[0] = i->bInterfaceClass;
+	p[1] = i->bInterfaceSubClass;
+	p[2] = i->bInterfaceProtocol;
+	p[3] = 0;
+}
+
+/*
+ * The kernel's stub zeroes devid, direction and ep in what it sends back;
+ * vhci matches replies by seqnum alone.
+ */
+static void pack_basic(uint8_t *p, uint32_t command, uint32_t seqnum)
+{
+	memset(p, 0, USBIP_HEADER_SIZE);
+	put32(AT(p, usbip_header, base.command), command);
+	put32(AT(p, usbip_header, base.seqnum), seqnum);
+}
+
+static void pack_ret_submit(uint8_t *p, uint32_t seqnum,
+			    const struct usbip_header_ret_submit *r)
+{
+	pack_basic(p, USBIP_RET_SUBMIT, seqnum);
+	put32(AT(p, usbip_header, u.ret_submit.status), (uint32_t)r->status);
+	put32(AT(p, usbip_header, u.ret_submit.actual_length),
+	      (uint32_t)r->actual_length);
+	put32(AT(p, usbip_header, u.ret_submit.start_frame),
+	      (uint32_t)r->start_frame);
+	put32(AT(p, usbip_header, u.ret_submit.number_of_packets),
+	      (uint32_t)r->number_of_packets);
+	put32(AT(p, usbip_header, u.ret_submit.error_count),
+	      (uint32_t)r->error_count);
+}
+
+static void pack_ret_unlink(uint8_t *p, uint32_t seqnum, int32_t status)
+{
+	pack_basic(p, USBIP_RET_UNLINK, seqnum);
+	put32(AT(p, usbip_header, u.ret_unlink.status), (uint32_t)status);
+}
+
+/* Decodes CMD_SUBMIT and CMD_UNLINK; other commands keep only the base. */
+static void unpack_cmd(const uint8_t *p, struct usbip_header *h)
+{
+	struct usbip_header_cmd_submit *s = &h->u.cmd_submit;
+
+	memset(h, 0, sizeof(*h));
+	h->base.command = get32(AT(p, usbip_header, base.command));
+	h->base.seqnum = get32(AT(p, usbip_header, base.seqnum));
+	h->base.devid = get32(AT(p, usbip_header, base.devid));
+	h->base.direction = get32(AT(p, usbip_header, base.direction));
+	h->base.ep = get32(AT(p, usbip_header, base.ep));
+
+	if (h->base.command == USBIP_CMD_UNLINK) {
+		h->u.cmd_unlink.seqnum =
+		    get32(AT(p, usbip_header, u.cmd_unlink.seqnum));
+	} else if (h->base.command == USBIP_CMD_SUBMIT) {
+		s->transfer_flags =
+		    get32(AT(p, usbip_header, u.cmd_submit.transfer_flags));
+		s->transfer_buffer_length = (int32_t)get32(
+		    AT(p, usbip_header, u.cmd_submit.transfer_buffer_length));
+		s->start_frame = (int32_t)get32(
+		    AT(p, usbip_header, u.cmd_submit.start_frame));
+		s->number_of_packets = (int32_t)get32(
+		    AT(p, usbip_header, u.cmd_submit.number_of_packets));
+		s->interval =
+		    (int32_t)get32(AT(p, usbip_header, u.cmd_submit.interval));
+		memcpy(s->setup, AT(p, usbip_header, u.cmd_submit.setup), 8);
+	}
+}
+
+static void pack_iso_desc(uint8_t *p,
+			  const struct usbip_iso_packet_descriptor *d)
+{
+	put32(AT(p, usbip_iso_packet_descriptor, offset), d->offset);
+	put32(AT(p, usbip_iso_packet_descriptor, length), d->length);
+	put32(AT(p, usbip_iso_packet_descriptor, actual_length),
+	      d->actual_length);
+	put32(AT(p, usbip_iso_packet_descriptor, status), d->status);
+}
+
+static void unpack_iso_desc(const uint8_t *p,
+			    struct usbip_iso_packet_descriptor *d)
+{
+	d->offset = get32(AT(p, usbip_iso_packet_descriptor, offset));
+	d->length = get32(AT(p, usbip_iso_packet_descriptor, length));
+	d->actual_length =
+	    get32(AT(p, usbip_iso_packet_descriptor, actual_length));
+	d->status = get32(AT(p, usbip_iso_packet_descriptor, status));
+}
+
+/* ---- the socket layer ----------------------------------------------- */
+
+#define IO_TIMEOUT_MS	10000	/* handshake replies; never on vhci's socket */
+
+/* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no port. */
+static void split_host_port(const char *arg, char *host, size_t hostlen,
+			    char *port, size_t portlen)
+{
+	const char *colon = strrchr(arg, ':');
+	size_t n;
+
+	snprintf(port, portlen, "%s", USBIP_PORT);
+	if (arg[0] == '[') {
+		const char *end = strchr(arg, ']');
+
+		if (!end)
+			errx(1, "%s: missing ']' after IPv6 address", arg);
+		n = (size_t)(end - arg - 1);
+		if (end[1] == ':')
+			snprintf(port, portlen, "%s", end + 2);
+		arg++;
+	} else if (colon && colon == strchr(arg, ':')) {
+		n = (size_t)(colon - arg);
+		snprintf(port, portlen, "%s", colon + 1);
+	} else {
+		n = strlen(arg);
+	}
+	if (n >= hostlen)
+		errx(1, "%s: host name too long", arg);
+	memcpy(host, arg, n);
+	host[n] = '\0';
+}
+
+static void name_peer(const char *host, const char *service, char *buf,
+		      size_t len)
+{
+	snprintf(buf, len, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host,
+		 service);
+}
+
+static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char host[NI_MAXHOST], serv[NI_MAXSERV];
+
+	if (getnameinfo(sa, sa->sa_family == AF_INET6 ?
+			sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in),
+			host, sizeof(host), serv, sizeof(serv),
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		snprintf(buf, len, "?");
+	else if (sa->sa_family == AF_INET6)
+		snprintf(buf, len, "[%.*s]:%.5s", INET6_ADDRSTRLEN, host, serv);
+	else
+		snprintf(buf, len, "%.*s:%.5s", INET6_ADDRSTRLEN, host, serv);
+}
+
+static void set_nonblocking(int fd)
+{
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+static void set_blocking(int fd)
+{
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+}
+
+/*
+ * URBs are small and latency-bound, so no Nagle; keepalive so a peer that
+ * vanished without a FIN is noticed (the kernel's usbip does the same).
+ */
+static void set_tcp_options(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+}
+
+/* Binds every address ADDR resolves to (all of them when ADDR is NULL). */
+static int listen_on(const char *addr, const char *port, int *fds, int max)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = AI_PASSIVE,
+	};
+	struct addrinfo *res, *ai;
+	int n = 0, one = 1, rc;
+	char name[80];
+
+	rc = getaddrinfo(addr, port, &hints, &res);
+	if (rc != 0)
+		errx(1, "cannot listen on %s port %s: %s", addr ? addr : "*",
+		     port, gai_strerror(rc));
+	for (ai = res; ai && n < max; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+				ai->ai_protocol);
+
+		if (fd < 0)
+			continue;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (ai->ai_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+				   sizeof(one));
+		format_peer(ai->ai_addr, name, sizeof(name));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+		    listen(fd, 64) < 0) {
+			warn("cannot listen on %s", name);
+			close(fd);
+			continue;
+		}
+		set_nonblocking(fd);
+		debug(1, "listening on %s", name);
+		fds[n++] = fd;
+	}
+	freeaddrinfo(res);
+	if (n == 0)
+		errx(1, "cannot listen on %s port %s", addr ? addr : "*", port);
+	return n;
+}
+
+static int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+	int error = 0;
+	socklen_t elen = sizeof(error);
+
+	set_nonblocking(fd);
+	if (connect(fd, sa, len) < 0 && errno != EINPROGRESS)
+		return -1;
+	if (poll(&pfd, 1, IO_TIMEOUT_MS) == 0) {
+		errno = ETIMEDOUT;
+		return -1;
+	}
+	getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &elen);
+	set_blocking(fd);
+	errno = error;
+	return error ? -1 : 0;
+}
+
+static int dial(const char *host, const char *port)
+{
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+	};
+	struct addrinfo *res, *ai;
+	int fd = -1, rc, saved = 0;
+
+	rc = getaddrinfo(host, port, &hints, &res);
+	if (rc != 0)
+		errx(1, "%s: %s", host, gai_strerror(rc));
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+			    ai->ai_protocol);
+		if (fd < 0)
+			continue;
+		set_tcp_options(fd);
+		if (connect_within(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			break;
+		saved = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		errx(1, "cannot connect to %s port %s: %s", host, port,
+		     strerror(saved));
+	return fd;
+}
+
+/* Blocking, bounded reads and writes for the client's short exchanges. */
+static void read_exact(int fd, void *buf, size_t len, const char *peer)
+{
+	uint8_t *p = buf;
+
+	while (len > 0) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&pfd, 1, IO_TIMEOUT_MS) == 0)
+			errx(1, "%s: no answer within %d s", peer,
+			     IO_TIMEOUT_MS / 1000);
+		n = read(fd, p, len);
+		if (n == 0)
+			errx(1, "%s closed the connection", peer);
+		if (n < 0 && errno != EINTR)
+			err(1, "%s: read", peer);
+		if (n > 0) {
+			p += n;
+			len -= (size_t)n;
+		}
+	}
+}
+
+static void write_all(int fd, const void *buf, size_t len, const char *peer)
+{
+	const uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+
+		if (n < 0 && errno != EINTR)
+			err(1, "%s: write", peer);
+		if (n > 0) {
+			p += n;
+			len -= (size_t)n;
+		}
+	}
+}
+
+/* ---- local USB devices ---------------------------------------------- */
+
+#define MAX_INTERFACES	32
+
+static libusb_context *usb;	/* NULL where this machine has no USB */
+
+static const char *speed_name(uint32_t speed)
+{
+	static const char *names[] = {
+		"unknown", "low", "full", "high", "wireless", "super",
+		"super+",
+	};
+
+	return speed < sizeof(names) / sizeof(names[0]) ? names[speed] : "?";
+}
+
+/* libusb counts speeds differently from the kernel: see p2pusb.h. */
+static uint32_t kernel_speed(int libusb_speed)
+{
+	switch (libusb_speed) {
+	case LIBUSB_SPEED_LOW:
+		return USB_SPEED_LOW;
+	case LIBUSB_SPEED_FULL:
+		return USB_SPEED_FULL;
+	case LIBUSB_SPEED_HIGH:
+		return USB_SPEED_HIGH;
+	case LIBUSB_SPEED_SUPER:
+		return USB_SPEED_SUPER;
+	case LIBUSB_SPEED_SUPER_PLUS:
+		return USB_SPEED_SUPER_PLUS;
+	default:
+		return USB_SPEED_UNKNOWN;
+	}
+}
+
+/* The kernel's name for a device: bus, then the port path ("1-1.2"). */
+static int device_busid(libusb_device *dev, char *busid, size_t len)
+{
+	uint8_t ports[8];
+	int n = libusb_get_port_numbers(dev, ports, sizeof(ports));
+	int used, i;
+
+	if (n <= 0)
+		return -1;	/* a root hub */
+	used = snprintf(busid, len, "%u-%u", libusb_get_bus_number(dev),
+			ports[0]);
+	for (i = 1; i < n && used > 0 && (size_t)used < len; i++)
+		used += snprintf(busid + used, len - (size_t)used, ".%u",
+				 ports[i]);
+	return 0;
+}
+
+static void read_sysfs_attr(const char *busid, const char *attr, char *buf,
+			    size_t len)
+{
+	char path[PATH_MAX];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/bus/usb/devices/%s/%s", busid,
+		 attr);
+	buf[0] = '\0';
+	f = fopen(path, "r");
+	if (!f)
+		return;
+	if (!fgets(buf, (int)len, f))
+		buf[0] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	fclose(f);
+}
+
+/*
+ * Fills the record the handshake sends, and the interface list that
+ * OP_REP_DEVLIST appends to it.  Returns the number of interfaces.
+ */
+static int describe_device(libusb_device *dev, struct usbip_usb_device *rec,
+			   struct usbip_usb_interface *ifs)
+{
+	struct libusb_device_descriptor dd;
+	struct libusb_config_descriptor *cfg;
+	char sysfs[PATH_MAX], real[PATH_MAX];
+	int i, n = 0;
+
+	memset(rec, 0, sizeof(*rec));
+	device_busid(dev, rec->busid, sizeof(rec->busid));
+	snprintf(sysfs, sizeof(sysfs), "/sys/bus/usb/devices/%s", rec->busid);
+	snprintf(rec->path, sizeof(rec->path), "%.*s", SYSFS_PATH_MAX - 1,
+		 realpath(sysfs, real) ? real : sysfs);
+	rec->busnum = libusb_get_bus_number(dev);
+	rec->devnum = libusb_get_device_address(dev);
+	rec->speed = kernel_speed(libusb_get_device_speed(dev));
+
+	libusb_get_device_descriptor(dev, &dd);
+	rec->idVendor = dd.idVendor;
+	rec->idProduct = dd.idProduct;
+	rec->bcdDevice = dd.bcdDevice;
+	rec->bDeviceClass = dd.bDeviceClass;
+	rec->bDeviceSubClass = dd.bDeviceSubClass;
+	rec->bDeviceProtocol = dd.bDeviceProtocol;
+	rec->bNumConfigurations = dd.bNumConfigurations;
+
+	if (libusb_get_active_config_descriptor(dev, &cfg) != 0)
+		return 0;	/* unconfigured: no interfaces to list */
+	rec->bConfigurationValue = cfg->bConfigurationValue;
+	for (i = 0; i < cfg->bNumInterfaces && n < MAX_INTERFACES; i++) {
+		const struct libusb_interface_descriptor *alt =
+		    &cfg->interface[i].altsetting[0];
+
+		ifs[n].bInterfaceClass = alt->bInterfaceClass;
+		ifs[n].bInterfaceSubClass = alt->bInterfaceSubClass;
+		ifs[n].bInterfaceProtocol = alt->bInterfaceProtocol;
+		ifs[n].padding = 0;
+		n++;
+	}
+	rec->bNumInterfaces = (uint8_t)n;
+	libusb_free_config_descriptor(cfg);
+	return n;
+}
+
+static int is_hub(libusb_device *dev)
+{
+	struct libusb_device_descriptor dd;
+
+	return libusb_get_device_descriptor(dev, &dd) != 0 ||
+	       dd.bDeviceClass == LIBUSB_CLASS_HUB;
+}
+
+/* The devices `serve` was told to share; with none named, all but hubs. */
+static char **offered;
+static int noffered;
+
+static int is_offered(libusb_device *dev, const char *busid)
+{
+	int i;
+
+	if (noffered == 0)
+		return !is_hub(dev);
+	for (i = 0; i < noffered; i++)
+		if (strcmp(offered[i], busid) == 0)
+			return 1;
+	return 0;
+}
+
+/* Calls fn for every shareable device; stops early when fn returns != 0. */
+static int for_each_device(int (*fn)(libusb_device *, const char *, void *),
+			   void *arg, int only_offered)
+{
+	libusb_device **list;
+	ssize_t n, i;
+	int rc = 0;
+
+	if (!usb)
+		return 0;
+	n = libusb_get_device_list(usb, &list);
+	for (i = 0; i < n && rc == 0; i++) {
+		char busid[SYSFS_BUS_ID_SIZE];
+
+		if (device_busid(list[i], busid, sizeof(busid)) != 0)
+			continue;
+		if (only_offered ? !is_offered(list[i], busid) : is_hub(list[i]))
+			continue;
+		rc = fn(list[i], busid, arg);
+	}
+	if (n >= 0)
+		libusb_free_device_list(list, 1);
+	return rc;
+}
+
+/* ---- the handshake --------------------------------------------------- */
+
+/* The server's half lives with the event loop below (it needs the loop's
+ * connections); this is the client's half: blocking and one-shot. */
+
+static const char *op_status_name(uint32_t status)
+{
+	switch (status) {
+	case ST_NA:
+		return "not available";
+	case ST_DEV_BUSY:
+		return "device busy (imported by someone else)";
+	case ST_DEV_ERR:
+		return "device error on the server";
+	case ST_NODEV:
+		return "no such device";
+	case ST_ERROR:
+		return "server error";
+	default:
+		return "unknown status";
+	}
+}
+
+static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
+			   struct op_common *op)
+{
+	unpack_op_common(p, op);
+	if (op->version != USBIP_VERSION)
+		errx(1, "%s: speaks USB/IP version %x.%02x, not 1.11", peer,
+		     op->version >> 8, op->version & 0xff);
+	if (op->code != code)
+		errx(1, "%s: answered with op code 0x%04x, expected 0x%04x",
+		     peer, op->code, code);
+}
+
+/* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
+ * the socket for vhci_hcd to misread as a RET_SUBMIT. */
+static void request_import(int fd, const char *busid, const char *peer,
+			   struct usbip_usb_device *rec)
+{
+	uint8_t req[OP_REQ_IMPORT_SIZE], rep[OP_REP_IMPORT_SIZE];
+	struct op_common op;
+
+	pack_import_request(req, busid);
+	write_all(fd, req, sizeof(req), peer);
+	read_exact(fd, rep, OP_COMMON_SIZE, peer);
+	check_op_reply(rep, OP_REP_IMPORT, peer, &op);
+	if (op.status == ST_NODEV)
+		errx(1, "busid %s not offered by %s", busid, peer);
+	if (op.status != ST_OK)
+		errx(1, "%s refused busid %s: %s", peer, busid,
+		     op_status_name(op.status));
+	read_exact(fd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer);
+	unpack_device(rep + OP_COMMON_SIZE, rec);
+	if (strncmp(rec->busid, busid, SYSFS_BUS_ID_SIZE) != 0)
+		errx(1, "%s answered for busid %s, not %s", peer, rec->busid,
+		     busid);
+}
+
+static void print_device_line(const struct usbip_usb_device *d,
+			      const struct usbip_usb_interface *ifs, int nifs,
+			      const char *product)
+{
+	uint8_t cls = d->bDeviceClass, sub = d->bDeviceSubClass,
+		proto = d->bDeviceProtocol;
+
+	/* Class 0 means "see the interfaces": show the first one's. */
+	if (cls == 0 && nifs > 0) {
+		cls = ifs[0].bInterfaceClass;
+		sub = ifs[0].bInterfaceSubClass;
+		proto = ifs[0].bInterfaceProtocol;
+	}
+	printf("%-12s %04x:%04x  %-7s %02x/%02x/%02x  %s\n", d->busid,
+	       d->idVendor, d->idProduct, speed_name(d->speed), cls, sub,
+	       proto, product);
+}
+
+static void request_devlist(int fd, const char *peer)
+{
+	uint8_t buf[USBIP_DEVICE_SIZE];
+	struct op_common op;
+	uint32_t ndev, i;
+
+	pack_op_common(buf, OP_REQ_DEVLIST, ST_OK);
+	write_all(fd, buf, OP_COMMON_SIZE, peer);
+	read_exact(fd, buf, OP_COMMON_SIZE + 4, peer);
+	check_op_reply(buf, OP_REP_DEVLIST, peer, &op);
+	if (op.status != ST_OK)
+		errx(1, "%s refused the device list: %s", peer,
+		     op_status_name(op.status));
+	ndev = get32(buf + OP_COMMON_SIZE);
+	for (i = 0; i < ndev; i++) {
+		struct usbip_usb_device d;
+		struct usbip_usb_interface ifs[256];
+		uint8_t raw[USBIP_INTERFACE_SIZE];
+		int j;
+
+		read_exact(fd, buf, USBIP_DEVICE_SIZE, peer);
+		unpack_device(buf, &d);
+		for (j = 0; j < d.bNumInterfaces; j++) {
+			read_exact(fd, raw, sizeof(raw), peer);
+			ifs[j].bInterfaceClass = raw[0];
+			ifs[j].bInterfaceSubClass = raw[1];
+			ifs[j].bInterfaceProtocol = raw[2];
+		}
+		print_device_line(&d, ifs, d.bNumInterfaces, "");
+	}
+	if (ndev == 0)
+		printf("%s offers no devices\n", peer);
+}
+
+/* ---- the server: connections, URBs and one poll() loop --------------- */
+
+#define URB_LENGTH_MAX	(16 << 20)	/* vhci sends up to a few hundred KiB */
+#define ISO_PACKETS_MAX	1024
+#define OUTQ_LIMIT	(8u << 20)	/* stop reading a client this far behind */
+#define INFLIGHT_LIMIT	1024
+#define EP_NONE		0xff
+
+/* Bytes queued for a client: an URB's reply or a standalone message. */
+struct msg {
+	struct msg *next;
+	struct urb *urb;		/* freed once sent; NULL: free the msg */
+	struct iovec iov[3];
+	int iovcnt;
+};
+
+/* One CMD_SUBMIT: the request, its libusb transfer, then its reply. */
+struct urb {
+	struct urb *next;		/* in conn->inflight */
+	struct conn *conn;
+	struct usbip_header cmd;
+	struct libusb_transfer *xfer;
+	uint8_t *buf;			/* control transfers: setup, then data */
+	uint8_t *iso;			/* wire descriptors, rewritten for reply */
+	int unlinked;			/* a CMD_UNLINK waits on this URB */
+	uint32_t unlink_seqnum;
+	uint8_t head[USBIP_HEADER_SIZE];
+	struct msg reply;
+};
+
+enum rx_state {
+	RX_OP_COMMON,		/* 8 bytes: which request */
+	RX_IMPORT_BUSID,	/* 32 bytes: OP_REQ_IMPORT's body */
+	RX_HEADER,		/* 48 bytes: CMD_SUBMIT or CMD_UNLINK */
+	RX_OUT_DATA,		/* an OUT transfer's payload */
+	RX_ISO_DESC,		/* isochronous packet descriptors */
+	RX_NONE,		/* not reading: closing once replies are out */
+};
+
+struct conn {
+	struct conn *next;
+	int fd;				/* -1 once closed */
+	char peer[80];
+	const char *end_reason;
+
+	enum rx_state rx;		/* reading: rxneed bytes into rxdst */
+	uint8_t rxbuf[USBIP_HEADER_SIZE];
+	uint8_t *rxdst;
+	size_t rxneed, rxhave;
+	struct urb *rxurb;
+
+	struct msg *outq, **outtail;	/* writing */
+	size_t outbytes;
+
+	struct urb *inflight;		/* submitted to libusb */
+	unsigned ninflight;
+
+	/* The imported device, once OP_REQ_IMPORT succeeded. */
+	libusb_device_handle *handle;
+	char busid[SYSFS_BUS_ID_SIZE];
+	uint32_t devid;
+	uint8_t altsetting[MAX_INTERFACES];	/* by bInterfaceNumber */
+	uint8_t eptype[2][16];		/* [direction][ep]: libusb type */
+};
+
+static struct conn *conns;
+static volatile sig_atomic_t stop_requested;
+
+static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len)
+{
+	c->rx = rx;
+	c->rxdst = dst;
+	c->rxneed = len;
+	c->rxhave = 0;
+}
+
+static void queue_msg(struct conn *c, struct msg *m)
+{
+	int i;
+
+	m->next = NULL;
+	*c->outtail = m;
+	c->outtail = &m->next;
+	for (i = 0; i < m->iovcnt; i++)
+		c->outbytes += m->iov[i].iov_len;
+}
+
+/* A standalone message owning a copy of its bytes. */
+static void queue_bytes(struct conn *c, const void *data, size_t len)
+{
+	struct msg *m = malloc(sizeof(*m) + len);
+
+	if (!m)
+		err(1, "malloc");
+	memcpy(m + 1, data, len);
+	m->urb = NULL;
+	m->iov[0].iov_base = m + 1;
+	m->iov[0].iov_len = len;
+	m->iovcnt = 1;
+	queue_msg(c, m);
+}
+
+static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
+{
+	uint8_t head[USBIP_HEADER_SIZE];
+
+	pack_ret_unlink(head, seqnum, status);
+	queue_bytes(c, head, sizeof(head));
+	debug(2, "%s: RET_UNLINK seq %u status %d", c->peer, seqnum, status);
+}
+
+static void free_urb(struct urb *u)
+{
+	if (u->xfer)
+		libusb_free_transfer(u->xfer);
+	free(u->buf);
+	free(u->iso);
+	free(u);
+}
+
+static void free_msg(struct msg *m)
+{
+	if (m->urb)
+		free_urb(m->urb);
+	else
+		free(m);
+}
+
+/* Stops reading; the connection closes once its replies are written. */
+static void end_after_replies(struct conn *c, const char *why)
+{
+	if (!c->end_reason)
+		c->end_reason = why;
+	c->rx = RX_NONE;
+}
+
+/*
+ * Closing the socket is what tells vhci_hcd the device is gone.  Transfers
+ * still in libusb are cancelled here; the connection is freed by
+ * reap_conns() once the last of them has called back.
+ */
+static void close_conn(struct conn *c, const char *why)
+{
+	struct urb *u;
+
+	if (c->fd < 0)
+		return;
+	if (!c->end_reason)
+		c->end_reason = why;
+	if (c->handle || verbose)
+		warnx("%s: session%s%s ended: %s", c->peer,
+		      c->handle ? " for " : "", c->handle ? c->busid : "",
+		      c->end_reason ? c->end_reason : "done");
+	close(c->fd);
+	c->fd = -1;
+	c->rx = RX_NONE;
+	while (c->outq) {
+		struct msg *m = c->outq;
+
+		c->outq = m->next;
+		free_msg(m);
+	}
+	c->outtail = &c->outq;
+	c->outbytes = 0;
+	if (c->rxurb) {
+		free_urb(c->rxurb);
+		c->rxurb = NULL;
+	}
+	for (u = c->inflight; u; u = u->next)
+		libusb_cancel_transfer(u->xfer);
+}
+
+/* A protocol violation: one line naming the peer, and the session ends. */
+static void protocol_error(struct conn *c, const char *fmt, ...)
+{
+	static char why[160];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	c->end_reason = why;
+	close_conn(c, why);
+}
+
+/* -- the imported device: claim, learn endpoints, give back -- */
+
+static void learn_endpoints(struct conn *c)
+{
+	libusb_device *dev = libusb_get_device(c->handle);
+	struct libusb_config_descriptor *cfg;
+	int i, a, e;
+
+	memset(c->eptype, EP_NONE, sizeof(c->eptype));
+	if (libusb_get_active_config_descriptor(dev, &cfg) != 0)
+		return;
+	for (i = 0; i < cfg->bNumInterfaces; i++) {
+		const struct libusb_interface *intf = &cfg->interface[i];
+
+		for (a = 0; a < intf->num_altsetting; a++) {
+			const struct libusb_interface_descriptor *alt =
+			    &intf->altsetting[a];
+
+			if (alt->bInterfaceNumber >= MAX_INTERFACES ||
+			    alt->bAlternateSetting !=
+			    c->altsetting[alt->bInterfaceNumber])
+				continue;
+			for (e = 0; e < alt->bNumEndpoints; e++) {
+				uint8_t addr = alt->endpoint[e].bEndpointAddress;
+
+				c->eptype[addr & 0x80 ? USBIP_DIR_IN :
+					  USBIP_DIR_OUT][addr & 0x0f] =
+				    alt->endpoint[e].bmAttributes & 0x03;
+			}
+		}
+	}
+	libusb_free_config_descriptor(cfg);
+}
+
+/* Calls fn(handle, bInterfaceNumber) for each interface of the active
+ * configuration. */
+static int for_each_interface(libusb_device_handle *h,
+			      int (*fn)(libusb_device_handle *, int))
+{
+	struct libusb_config_descriptor *cfg;
+	int i, rc = 0;
+
+	if (libusb_get_active_config_descriptor(libusb_get_device(h), &cfg))
+		return 0;
+	for (i = 0; i < cfg->bNumInterfaces && rc == 0; i++)
+		rc = fn(h, cfg->interface[i].altsetting[0].bInterfaceNumber);
+	libusb_free_config_descriptor(cfg);
+	return rc;
+}
+
+static int take_interface(libusb_device_handle *h, int i)
+{
+	if (libusb_kernel_driver_active(h, i) == 1)
+		libusb_detach_kernel_driver(h, i);
+	return libusb_claim_interface(h, i);
+}
+
+/* Rebinding whatever kernel driver matches is what "give back" means. */
+static int give_back_interface(libusb_device_handle *h, int i)
+{
+	libusb_release_interface(h, i);
+	libusb_attach_kernel_driver(h, i);
+	return 0;
+}
+
+static int open_device(struct conn *c, libusb_device *dev)
+{
+	int rc = libusb_open(dev, &c->handle);
+
+	if (rc != 0) {
+		warnx("%s: cannot open %s: %s", c->peer, c->busid,
+		      libusb_strerror(rc));
+		c->handle = NULL;
+		return rc == LIBUSB_ERROR_ACCESS ? ST_NA : ST_DEV_ERR;
+	}
+	rc = for_each_interface(c->handle, take_interface);
+	if (rc != 0) {
+		warnx("%s: cannot claim %s: %s", c->peer, c->busid,
+		      libusb_strerror(rc));
+		for_each_interface(c->handle, give_back_interface);
+		libusb_close(c->handle);
+		c->handle = NULL;
+		return ST_DEV_BUSY;
+	}
+	memset(c->altsetting, 0, sizeof(c->altsetting));
+	learn_endpoints(c);
+	return ST_OK;
+}
+
+/*
+ * Reset first, while the interfaces are still ours (libusb re-claims them
+ * across the reset), so the device leaves in a clean state; then release
+ * and let the kernel rebind its drivers.
+ */
+static void give_back_device(struct conn *c)
+{
+	libusb_reset_device(c->handle);
+	for_each_interface(c->handle, give_back_interface);
+	libusb_close(c->handle);
+	c->handle = NULL;
+	debug(1, "%s: %s given back to its kernel driver", c->peer, c->busid);
+}
+
+/* -- the server's half of the handshake -- */
+
+static int busid_in_use(const char *busid)
+{
+	struct conn *c;
+
+	for (c = conns; c; c = c->next)
+		if (c->handle && strcmp(c->busid, busid) == 0)
+			return 1;
+	return 0;
+}
+
+struct devlist {
+	uint8_t *buf;
+	size_t len;
+	uint32_t ndev;
+};
+
+static int append_device(libusb_device *dev, const char *busid, void *arg)
+{
+	struct devlist *dl = arg;
+	struct usbip_usb_device rec;
+	struct usbip_usb_interface ifs[MAX_INTERFACES];
+	int nifs = describe_device(dev, &rec, ifs), i;
+	uint8_t *p;
+
+	(void)busid;
+	p = realloc(dl->buf, dl->len + USBIP_DEVICE_SIZE +
+		    (size_t)nifs * USBIP_INTERFACE_SIZE);
+	if (!p)
+		err(1, "realloc");
+	dl->buf = p;
+	pack_device(p + dl->len, &rec);
+	dl->len += USBIP_DEVICE_SIZE;
+	for (i = 0; i < nifs; i++, dl->len += USBIP_INTERFACE_SIZE)
+		pack_interface(p + dl->len, &ifs[i]);
+	dl->ndev++;
+	return 0;
+}
+
+static void answer_devlist(struct conn *c)
+{
+	struct devlist dl = { .buf = malloc(OP_COMMON_SIZE + 4),
+			      .len = OP_COMMON_SIZE + 4 };
+
+	if (!dl.buf)
+		err(1, "malloc");
+	for_each_device(append_device, &dl, 1);
+	pack_op_common(dl.buf, OP_REP_DEVLIST, ST_OK);
+	put32(dl.buf + OP_COMMON_SIZE, dl.ndev);
+	queue_bytes(c, dl.buf, dl.len);
+	free(dl.buf);
+	debug(1, "%s: listed %u devices", c->peer, dl.ndev);
+	end_after_replies(c, "device list sent");
+}
+
+struct import {
+	const char *busid;
+	libusb_device *dev;
+};
+
+static int match_busid(libusb_device *dev, const char *busid, void *arg)
+{
+	struct import *imp = arg;
+
+	if (strcmp(busid, imp->busid) != 0)
+		return 0;
+	imp->dev = libusb_ref_device(dev);
+	return 1;
+}
+
+static void answer_import(struct conn *c)
+{
+	uint8_t rep[OP_REP_IMPORT_SIZE];
+	struct usbip_usb_interface ifs[MAX_INTERFACES];
+	struct usbip_usb_device rec;
+	struct import imp = { .busid = (const char *)c->rxbuf };
+	uint32_t status;
+
+	if (memchr(c->rxbuf, '\0', SYSFS_BUS_ID_SIZE) == NULL) {
+		protocol_error(c, "OP_REQ_IMPORT busid is not terminated");
+		return;
+	}
+	memcpy(c->busid, c->rxbuf, SYSFS_BUS_ID_SIZE);
+	for_each_device(match_busid, &imp, 1);
+	if (!imp.dev)
+		status = ST_NODEV;
+	else if (busid_in_use(c->busid))
+		status = ST_DEV_BUSY;
+	else
+		status = open_device(c, imp.dev);
+
+	if (status != ST_OK) {
+		warnx("%s: import of %s refused: %s", c->peer, c->busid,
+		      op_status_name(status));
+		pack_op_common(rep, OP_REP_IMPORT, status);
+		queue_bytes(c, rep, OP_COMMON_SIZE);
+		end_after_replies(c, "import refused");
+	} else {
+		describe_device(imp.dev, &rec, ifs);
+		c->devid = rec.busnum << 16 | rec.devnum;
+		pack_op_common(rep, OP_REP_IMPORT, ST_OK);
+		pack_device(rep + OP_COMMON_SIZE, &rec);
+		queue_bytes(c, rep, sizeof(rep));
+		warnx("%s: imported %s (%04x:%04x, %s speed)", c->peer,
+		      c->busid, rec.idVendor, rec.idProduct,
+		      speed_name(rec.speed));
+		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
+	}
+	if (imp.dev)
+		libusb_unref_device(imp.dev);
+}
+
+static void on_op_common(struct conn *c)
+{
+	struct op_common op;
+
+	unpack_op_common(c->rxbuf, &op);
+	if (op.version != USBIP_VERSION)
+		protocol_error(c, "USB/IP version %x.%02x, expected 1.11",
+			       op.version >> 8, op.version & 0xff);
+	else if (op.code == OP_REQ_DEVLIST)
+		answer_devlist(c);
+	else if (op.code == OP_REQ_IMPORT)
+		expect(c, RX_IMPORT_BUSID, c->rxbuf, SYSFS_BUS_ID_SIZE);
+	else
+		protocol_error(c, "unknown request 0x%04x", op.code);
+}
+
+/* -- URB replies -- */
+
+/* libusb's outcome as the negative errno a Linux URB would carry. */
+static int32_t urb_status(enum libusb_transfer_status s)
+{
+	switch (s) {
+	case LIBUSB_TRANSFER_COMPLETED:
+		return 0;
+	case LIBUSB_TRANSFER_STALL:
+		return -EPIPE;
+	case LIBUSB_TRANSFER_CANCELLED:
+		return -ECONNRESET;
+	case LIBUSB_TRANSFER_NO_DEVICE:
+		return -ESHUTDOWN;
+	case LIBUSB_TRANSFER_TIMED_OUT:
+		return -ETIMEDOUT;
+	case LIBUSB_TRANSFER_OVERFLOW:
+		return -EOVERFLOW;
+	default:
+		return -EPROTO;
+	}
+}
+
+static int32_t submit_errno(int rc)
+{
+	switch (rc) {
+	case LIBUSB_ERROR_NO_DEVICE:
+		return -ESHUTDOWN;
+	case LIBUSB_ERROR_PIPE:
+		return -EPIPE;
+	case LIBUSB_ERROR_INVALID_PARAM:
+		return -EINVAL;
+	case LIBUSB_ERROR_NO_MEM:
+		return -ENOMEM;
+	case LIBUSB_ERROR_BUSY:
+		return -EBUSY;
+	case LIBUSB_ERROR_NOT_FOUND:
+		return -ENOENT;
+	default:
+		return -EIO;
+	}
+}
+
+static uint8_t *urb_data(struct urb *u)
+{
+	return u->cmd.base.ep == 0 ? u->buf + LIBUSB_CONTROL_SETUP_SIZE
+				   : u->buf;
+}
+
+/*
+ * vhci wants the received bytes of an IN iso URB back to back and each
+ * descriptor with its original offset and length; libusb laid packet i at
+ * the sum of the lengths before it.  Returns the total actual length.
+ */
+static int32_t finish_iso(struct urb *u, int32_t *error_count)
+{
+	struct libusb_transfer *x = u->xfer;
+	uint32_t pos = 0, packed = 0;
+	int i;
+
+	*error_count = 0;
+	for (i = 0; i < x->num_iso_packets; i++) {
+		struct libusb_iso_packet_descriptor *p = &x->iso_packet_desc[i];
+		struct usbip_iso_packet_descriptor d;
+		uint8_t *wire = u->iso + (size_t)i * USBIP_ISO_DESC_SIZE;
+
+		unpack_iso_desc(wire, &d);
+		d.actual_length = p->actual_length;
+		d.status = (uint32_t)urb_status(p->status);
+		if (p->status != LIBUSB_TRANSFER_COMPLETED)
+			(*error_count)++;
+		if (u->cmd.base.direction == USBIP_DIR_IN) {
+			memmove(u->buf + packed, u->buf + pos, d.actual_length);
+			packed += d.actual_length;
+		} else {
+			packed += d.actual_length;
+		}
+		pos += p->length;
+		pack_iso_desc(wire, &d);
+	}
+	return (int32_t)packed;
+}
+
+static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual)
+{
+	struct conn *c = u->conn;
+	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
+	struct usbip_header_ret_submit ret = {
+		.status = status,
+		.actual_length = actual,
+		.start_frame = cmd->start_frame,
+		.number_of_packets = cmd->number_of_packets,
+	};
+	struct msg *m = &u->reply;
+
+	if (u->iso && u->xfer)
+		ret.actual_length = actual = finish_iso(u, &ret.error_count);
+	pack_ret_submit(u->head, u->cmd.base.seqnum, &ret);
+	m->urb = u;
+	m->iov[0] = (struct iovec){ u->head, USBIP_HEADER_SIZE };
+	m->iovcnt = 1;
+	if (u->cmd.base.direction == USBIP_DIR_IN && actual > 0)
+		m->iov[m->iovcnt++] = (struct iovec){ urb_data(u), (size_t)actual };
+	if (u->iso)
+		m->iov[m->iovcnt++] = (struct iovec){
+			u->iso, (size_t)cmd->number_of_packets *
+			USBIP_ISO_DESC_SIZE };
+	queue_msg(c, m);
+	debug(2, "%s: RET_SUBMIT seq %u status %d actual %d", c->peer,
+	      u->cmd.base.seqnum, status, actual);
+}
+
+static void inflight_remove(struct conn *c, struct urb *u)
+{
+	struct urb **pp;
+
+	for (pp = &c->inflight; *pp; pp = &(*pp)->next) {
+		if (*pp == u) {
+			*pp = u->next;
+			c->ninflight--;
+			return;
+		}
+	}
+}
+
+/* libusb calls this from libusb_handle_events(): one URB is done. */
+static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
+{
+	struct urb *u = x->user_data;
+	struct conn *c = u->conn;
+	int32_t actual = x->actual_length;
+
+	inflight_remove(c, u);
+	if (c->fd < 0) {
+		free_urb(u);
+		return;
+	}
+	/* Unlink rule 2: cancelled in flight, so RET_UNLINK and no RET_SUBMIT. */
+	if (u->unlinked && x->status == LIBUSB_TRANSFER_CANCELLED) {
+		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
+		free_urb(u);
+		return;
+	}
+	if (actual > u->cmd.u.cmd_submit.transfer_buffer_length)
+		actual = u->cmd.u.cmd_submit.transfer_buffer_length;
+	if (x->status == LIBUSB_TRANSFER_COMPLETED &&
+	    u->cmd.base.direction == USBIP_DIR_IN && !u->iso &&
+	    (u->cmd.u.cmd_submit.transfer_flags & URB_SHORT_NOT_OK) &&
+	    actual < u->cmd.u.cmd_submit.transfer_buffer_length)
+		queue_ret_submit(u, -EREMOTEIO, actual);
+	else
+		queue_ret_submit(u, urb_status(x->status), actual);
+	/* Completed before the cancel landed: RET_SUBMIT, then RET_UNLINK 0. */
+	if (u->unlinked)
+		queue_ret_unlink(c, u->unlink_seqnum, 0);
+	if (x->status == LIBUSB_TRANSFER_NO_DEVICE)
+		end_after_replies(c, "device unplugged");
+}
+
+/* -- requests the server runs itself instead of passing them raw -- */
+
+static int set_configuration(struct conn *c, int value)
+{
+	int cur = -1, rc;
+
+	if (libusb_get_configuration(c->handle, &cur) == 0 && cur == value)
+		return 0;
+	for_each_interface(c->handle, give_back_interface);
+	rc = libusb_set_configuration(c->handle, value);
+	if (rc == 0)
+		rc = for_each_interface(c->handle, take_interface);
+	memset(c->altsetting, 0, sizeof(c->altsetting));
+	learn_endpoints(c);
+	return rc;
+}
+
+static int set_interface(struct conn *c, int intf, int alt)
+{
+	int rc = libusb_set_interface_alt_setting(c->handle, intf, alt);
+
+	if (rc == 0 && intf < MAX_INTERFACES) {
+		c->altsetting[intf] = (uint8_t)alt;
+		learn_endpoints(c);
+	}
+	return rc;
+}
+
+/*
+ * The host's USB core must see these as real operations (stub_rx.c in the
+ * kernel does the same), or its idea of toggles and altsettings drifts
+ * from the device's.  Returns 1 when the request was handled here.
+ */
+static int run_intercepted(struct urb *u)
+{
+	const uint8_t *s = u->cmd.u.cmd_submit.setup;
+	uint8_t type = s[0], req = s[1];
+	uint16_t value = (uint16_t)(s[2] | s[3] << 8);
+	uint16_t index = (uint16_t)(s[4] | s[5] << 8);
+	struct conn *c = u->conn;
+	int rc;
+
+	if (type == LIBUSB_RECIPIENT_ENDPOINT &&
+	    req == LIBUSB_REQUEST_CLEAR_FEATURE && value == 0)
+		rc = libusb_clear_halt(c->handle, (uint8_t)index);
+	else if (type == LIBUSB_RECIPIENT_INTERFACE &&
+		 req == LIBUSB_REQUEST_SET_INTERFACE)
+		rc = set_interface(c, index, value);
+	else if (type == LIBUSB_RECIPIENT_DEVICE &&
+		 req == LIBUSB_REQUEST_SET_CONFIGURATION)
+		rc = set_configuration(c, value);
+	else if (type == (LIBUSB_REQUEST_TYPE_CLASS | LIBUSB_RECIPIENT_OTHER) &&
+		 req == LIBUSB_REQUEST_SET_FEATURE && value == 4)
+		rc = libusb_reset_device(c->handle);	/* hub PORT_RESET */
+	else
+		return 0;
+	debug(1, "%s: ran request %02x %02x %04x %04x: %s", c->peer, type,
+	      req, value, index, rc ? libusb_strerror(rc) : "ok");
+	queue_ret_submit(u, rc ? submit_errno(rc) : 0, 0);
+	return 1;
+}
+
+/* -- CMD_SUBMIT -- */
+
+/* Packs OUT iso packets back to back, the layout libusb sends from. */
+static int32_t load_iso(struct urb *u)
+{
+	struct libusb_transfer *x = u->xfer;
+	uint32_t pos = 0, end = 0;
+	int i;
+
+	for (i = 0; i < x->num_iso_packets; i++) {
+		struct usbip_iso_packet_descriptor d;
+
+		unpack_iso_desc(u->iso + (size_t)i * USBIP_ISO_DESC_SIZE, &d);
+		if (d.offset < end || d.length > (uint32_t)INT32_MAX ||
+		    d.offset + (uint64_t)d.length >
+		    (uint64_t)u->cmd.u.cmd_submit.transfer_buffer_length)
+			return -EINVAL;
+		if (u->cmd.base.direction == USBIP_DIR_OUT)
+			memmove(u->buf + pos, u->buf + d.offset, d.length);
+		x->iso_packet_desc[i].length = d.length;
+		pos += d.length;
+		end = d.offset + d.length;
+	}
+	return 0;
+}
+
+static void submit_urb(struct urb *u)
+{
+	struct conn *c = u->conn;
+	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
+	unsigned ep = u->cmd.base.ep, dir = u->cmd.base.direction;
+	unsigned char addr = (unsigned char)(ep | (dir ? LIBUSB_ENDPOINT_IN : 0));
+	int len = cmd->transfer_buffer_length, rc;
+	int32_t status = 0;
+
+	if (ep == 0) {
+		if (run_intercepted(u))
+			return;
+		libusb_fill_control_transfer(u->xfer, c->handle, u->buf,
+					     on_transfer_done, u, 0);
+		if (libusb_control_transfer_get_setup(u->xfer)->wLength > len)
+			status = -EINVAL;
+	} else {
+		switch (c->eptype[dir][ep]) {
+		case LIBUSB_TRANSFER_TYPE_BULK:
+			libusb_fill_bulk_transfer(u->xfer, c->handle, addr,
+						  u->buf, len, on_transfer_done,
+						  u, 0);
+			break;
+		case LIBUSB_TRANSFER_TYPE_INTERRUPT:
+			libusb_fill_interrupt_transfer(u->xfer, c->handle,
+						       addr, u->buf, len,
+						       on_transfer_done, u, 0);
+			break;
+		case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
+			libusb_fill_iso_transfer(u->xfer, c->handle, addr,
+						 u->buf, len,
+						 cmd->number_of_packets,
+						 on_transfer_done, u, 0);
+			status = u->iso ? load_iso(u) : -EINVAL;
+			break;
+		default:
+			status = -EPIPE;	/* no such endpoint right now */
+		}
+	}
+	if (u->iso && c->eptype[dir][ep] != LIBUSB_TRANSFER_TYPE_ISOCHRONOUS)
+		status = -EINVAL;
+	if (cmd->transfer_flags & URB_ZERO_PACKET)
+		u->xfer->flags |= LIBUSB_TRANSFER_ADD_ZERO_PACKET;
+
+	if (status == 0) {
+		rc = libusb_submit_transfer(u->xfer);
+		if (rc == 0) {
+			u->next = c->inflight;
+			c->inflight = u;
+			c->ninflight++;
+			return;
+		}
+		status = submit_errno(rc);
+		if (rc == LIBUSB_ERROR_NO_DEVICE)
+			end_after_replies(c, "device unplugged");
+	}
+	/* Refused before it reached the device: answer at once, no data. */
+	libusb_free_transfer(u->xfer);
+	u->xfer = NULL;
+	queue_ret_submit(u, status, 0);
+}
+
+static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
+{
+	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	int len = cmd->transfer_buffer_length, np = cmd->number_of_packets;
+	size_t setup = h->base.ep == 0 ? LIBUSB_CONTROL_SETUP_SIZE : 0;
+	struct urb *u;
+
+	if (len < 0 || len > URB_LENGTH_MAX) {
+		protocol_error(c, "seq %u: transfer length %d out of range",
+			       h->base.seqnum, len);
+		return;
+	}
+	if (np < 0 || np > ISO_PACKETS_MAX) {
+		protocol_error(c, "seq %u: %d iso packets out of range",
+			       h->base.seqnum, np);
+		return;
+	}
+	u = calloc(1, sizeof(*u));
+	if (!u)
+		err(1, "calloc");
+	u->conn = c;
+	u->cmd = *h;
+	u->buf = malloc(setup + (size_t)len + 1);
+	u->xfer = libusb_alloc_transfer(np);
+	if (!u->buf || !u->xfer)
+		err(1, "out of memory for seq %u", h->base.seqnum);
+	memcpy(u->buf, cmd->setup, setup);
+	if (np > 0) {
+		u->iso = malloc((size_t)np * USBIP_ISO_DESC_SIZE);
+		if (!u->iso)
+			err(1, "malloc");
+	}
+	debug(2, "%s: CMD_SUBMIT seq %u ep %u %s len %d", c->peer,
+	      h->base.seqnum, h->base.ep,
+	      h->base.direction ? "in" : "out", len);
+
+	c->rxurb = u;
+	if (h->base.direction == USBIP_DIR_OUT && len > 0)
+		expect(c, RX_OUT_DATA, u->buf + setup, (size_t)len);
+	else if (np > 0)
+		expect(c, RX_ISO_DESC, u->iso, (size_t)np * USBIP_ISO_DESC_SIZE);
+	else
+		expect(c, RX_OUT_DATA, NULL, 0);
+}
+
+/* -- CMD_UNLINK, by the spec sheet's unlink rules -- */
+
+static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
+{
+	uint32_t victim = h->u.cmd_unlink.seqnum;
+	struct urb *u;
+
+	debug(2, "%s: CMD_UNLINK seq %u of seq %u", c->peer, h->base.seqnum,
+	      victim);
+	for (u = c->inflight; u; u = u->next) {
+		if (u->cmd.base.seqnum == victim && !u->unlinked) {
+			u->unlinked = 1;
+			u->unlink_seqnum = h->base.seqnum;
+			libusb_cancel_transfer(u->xfer);
+			return;	/* answered from on_transfer_done() */
+		}
+	}
+	/* Already answered (its RET_SUBMIT is queued ahead) or never seen. */
+	queue_ret_unlink(c, h->base.seqnum, 0);
+}
+
+static void on_header(struct conn *c)
+{
+	struct usbip_header h;
+
+	unpack_cmd(c->rxbuf, &h);
+	if (h.base.command != USBIP_CMD_SUBMIT &&
+	    h.base.command != USBIP_CMD_UNLINK) {
+		protocol_error(c, "unknown command %u", h.base.command);
+	} else if (h.base.devid != c->devid) {
+		protocol_error(c, "seq %u: devid %08x, expected %08x",
+			       h.base.seqnum, h.base.devid, c->devid);
+	} else if (h.base.command == USBIP_CMD_UNLINK) {
+		on_cmd_unlink(c, &h);
+		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
+	} else if (h.base.direction > USBIP_DIR_IN || h.base.ep > 15) {
+		protocol_error(c, "seq %u: bad endpoint %u direction %u",
+			       h.base.seqnum, h.base.ep, h.base.direction);
+	} else {
+		on_cmd_submit(c, &h);
+	}
+}
+
+/* The current read is complete: act on it and say what to read next. */
+static void on_input(struct conn *c)
+{
+	struct urb *u = c->rxurb;
+
+	switch (c->rx) {
+	case RX_OP_COMMON:
+		on_op_common(c);
+		break;
+	case RX_IMPORT_BUSID:
+		answer_import(c);
+		break;
+	case RX_HEADER:
+		on_header(c);
+		break;
+	case RX_OUT_DATA:
+		if (u->iso) {
+			expect(c, RX_ISO_DESC, u->iso,
+			       (size_t)u->cmd.u.cmd_submit.number_of_packets *
+			       USBIP_ISO_DESC_SIZE);
+			break;
+		}
+		/* fall through */
+	case RX_ISO_DESC:
+		c->rxurb = NULL;
+		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
+		submit_urb(u);
+		break;
+	case RX_NONE:
+		break;
+	}
+}
+
+static int wants_input(const struct conn *c)
+{
+	return c->fd >= 0 && c->rx != RX_NONE && c->outbytes < OUTQ_LIMIT &&
+	       c->ninflight < INFLIGHT_LIMIT;
+}
+
+static void read_input(struct conn *c)
+{
+	while (wants_input(c)) {
+		ssize_t n = 0;
+
+		if (c->rxhave < c->rxneed) {
+			n = read(c->fd, c->rxdst + c->rxhave,
+				 c->rxneed - c->rxhave);
+			if (n == 0) {
+				close_conn(c, c->handle ?
+					   "client closed the connection" :
+					   "client left");
+				return;
+			}
+			if (n < 0) {
+				if (errno != EAGAIN && errno != EINTR)
+					close_conn(c, strerror(errno));
+				return;
+			}
+			c->rxhave += (size_t)n;
+		}
+		if (c->rxhave == c->rxneed)
+			on_input(c);
+	}
+}
+
+static void write_output(struct conn *c)
+{
+	while (c->fd >= 0 && c->outq) {
+		struct msg *m = c->outq;
+		ssize_t n = writev(c->fd, m->iov, m->iovcnt);
+		int i;
+
+		if (n < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				close_conn(c, strerror(errno));
+			return;
+		}
+		c->outbytes -= (size_t)n;
+		for (i = 0; i < m->iovcnt && n > 0; i++) {
+			size_t step = (size_t)n < m->iov[i].iov_len ?
+				      (size_t)n : m->iov[i].iov_len;
+
+			m->iov[i].iov_base = (uint8_t *)m->iov[i].iov_base + step;
+			m->iov[i].iov_len -= step;
+			n -= (ssize_t)step;
+		}
+		if (m->iov[m->iovcnt - 1].iov_len > 0)
+			return;	/* the socket is full: wait for POLLOUT */
+		c->outq = m->next;
+		if (!c->outq)
+			c->outtail = &c->outq;
+		free_msg(m);
+	}
+	if (c->fd >= 0 && !c->outq && c->rx == RX_NONE)
+		close_conn(c, NULL);
+}
+
+static void accept_client(int lfd)
+{
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+	struct conn *c;
+	int fd = accept4(lfd, (struct sockaddr *)&sa, &len,
+			 SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		err(1, "calloc");
+	c->fd = fd;
+	c->outtail = &c->outq;
+	format_peer((struct sockaddr *)&sa, c->peer, sizeof(c->peer));
+	set_tcp_options(fd);
+	expect(c, RX_OP_COMMON, c->rxbuf, OP_COMMON_SIZE);
+	c->next = conns;
+	conns = c;
+	debug(1, "%s: connected", c->peer);
+}
+
+/* Frees connections that are closed and have no transfer left in libusb. */
+static void reap_conns(void)
+{
+	struct conn **pp = &conns;
+
+	while (*pp) {
+		struct conn *c = *pp;
+
+		if (c->fd >= 0 || c->ninflight > 0) {
+			pp = &c->next;
+			continue;
+		}
+		if (c->handle)
+			give_back_device(c);
+		*pp = c->next;
+		free(c);
+	}
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop_requested = 1;
+}
+
+/* SIGINT/SIGTERM are blocked except inside ppoll(), so none is missed. */
+static void catch_stop_signals(sigset_t *unblocked)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigset_t block;
+
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	sigprocmask(SIG_BLOCK, &block, unblocked);
+}
+
+/* Without USB, serve still runs: it offers nothing and says why once. */
+static void open_usb(void)
+{
+	int rc = libusb_init(&usb);
+
+	if (rc != 0) {
+		warnx("no USB on this machine (%s): offering no devices",
+		      libusb_strerror(rc));
+		usb = NULL;
+	} else if (access("/sys/bus/usb/devices", F_OK) != 0) {
+		warnx("no USB support in this kernel (no /sys/bus/usb): "
+		      "offering no devices");
+	}
+}
+
+#define MAX_LISTENERS	8
+#define SHUTDOWN_MS	5000
+
+static int serve(const char *addr, const char *port)
+{
+	int lfd[MAX_LISTENERS], nlfd, i;
+	struct pollfd *pfd = NULL;
+	struct conn **pconn = NULL;
+	size_t cap = 0;
+	sigset_t unblocked;
+	struct timespec deadline = { 0, 0 };
+
+	open_usb();
+	nlfd = listen_on(addr, port, lfd, MAX_LISTENERS);
+	catch_stop_signals(&unblocked);
+	warnx("serving on port %s", port);
+
+	for (;;) {
+		const struct libusb_pollfd **ufds = usb ?
+		    libusb_get_pollfds(usb) : NULL;
+		struct timespec tv = { 0, 100 * 1000 * 1000 }, *timeout = NULL;
+		size_t n = 0, nconn = 0, nusb = 0, need;
+		struct conn *c;
+		int ready, usb_ready = 0;
+
+		if (stop_requested && nlfd > 0) {
+			warnx("stopping: ending every session");
+			for (i = 0; i < nlfd; i++)
+				close(lfd[i]);
+			nlfd = 0;
+			for (c = conns; c; c = c->next)
+				close_conn(c, "server stopping");
+			clock_gettime(CLOCK_MONOTONIC, &deadline);
+			deadline.tv_sec += SHUTDOWN_MS / 1000;
+		}
+		reap_conns();
+		if (stop_requested && !conns) {
+			libusb_free_pollfds(ufds);
+			break;
+		}
+		if (stop_requested) {
+			struct timespec now;
+
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if (now.tv_sec > deadline.tv_sec) {
+				warnx("transfers did not finish in time");
+				libusb_free_pollfds(ufds);
+				break;
+			}
+			timeout = &tv;
+		}
+
+		for (c = conns; c; c = c->next)
+			nconn++;
+		while (ufds && ufds[nusb])
+			nusb++;
+		need = (size_t)nlfd + nconn + nusb;
+		if (need > cap) {
+			cap = need * 2;
+			pfd = realloc(pfd, cap * sizeof(*pfd));
+			pconn = realloc(pconn, cap * sizeof(*pconn));
+			if (!pfd || !pconn)
+				err(1, "realloc");
+		}
+		for (i = 0; i < nlfd; i++)
+			pfd[n++] = (struct pollfd){ lfd[i], POLLIN, 0 };
+		for (c = conns; c; c = c->next) {
+			if (c->fd < 0)
+				continue;
+			pconn[n] = c;
+			pfd[n++] = (struct pollfd){ c->fd,
+				(short)((wants_input(c) ? POLLIN : 0) |
+					(c->outq ? POLLOUT : 0)), 0 };
+		}
+		for (i = 0; (size_t)i < nusb; i++)
+			pfd[n + (size_t)i] = (struct pollfd){ ufds[i]->fd,
+						      ufds[i]->events, 0 };
+		libusb_free_pollfds(ufds);
+
+		ready = ppoll(pfd, n + nusb, timeout, &unblocked);
+		if (ready < 0 && errno != EINTR)
+			err(1, "poll");
+		for (i = 0; (size_t)i < nusb; i++)
+			usb_ready |= pfd[n + (size_t)i].revents;
+		if (usb && (usb_ready || timeout)) {
+			struct timeval zero = { 0, 0 };
+
+			libusb_handle_events_timeout_completed(usb, &zero,
+							       NULL);
+			/* Completions queued replies: send them now. */
+			for (c = conns; c; c = c->next)
+				write_output(c);
+		}
+		for (i = 0; ready > 0 && (size_t)i < n; i++) {
+			if (!pfd[i].revents)
+				continue;
+			if (i < nlfd) {
+				accept_client(pfd[i].fd);
+				continue;
+			}
+			c = pconn[i];
+			if (pfd[i].revents & (POLLOUT | POLLERR | POLLHUP))
+				write_output(c);
+			if (pfd[i].revents & (POLLIN | POLLERR | POLLHUP))
+				read_input(c);
+			if (c->fd >= 0)
+				write_output(c);
+		}
+	}
+	free(pfd);
+	free(pconn);
+	if (usb)
+		libusb_exit(usb);
+	return 0;
+}
+
+/* ---- the client: hand the socket to vhci_hcd ------------------------- */
+
+#define VHCI_STATE_FREE	4	/* VDEV_ST_NULL in the kernel's vhci.h */
+#define VHCI_RECORDS	"/var/run/vhci_hcd"
+
+struct vhci_port {
+	int port;
+	char hub[3];			/* "hs" or "ss" */
+	int status, speed;
+	unsigned devid;
+	char local_busid[SYSFS_BUS_ID_SIZE];
+};
+
+/* vhci_hcd.0 holds the attach/detach files for every controller. */
+static void find_vhci(char *dir, size_t len)
+{
+	static const char *candidates[] = {
+		"/sys/devices/platform/vhci_hcd.0",
+		"/sys/bus/platform/devices/vhci_hcd.0",
+		"/sys/devices/platform/*/vhci_hcd.0",
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
+		glob_t g;
+
+		if (glob(candidates[i], 0, NULL, &g) == 0) {
+			snprintf(dir, len, "%s", g.gl_pathv[0]);
+			globfree(&g);
+			return;
+		}
+	}
+	errx(1, "vhci_hcd not loaded: modprobe vhci-hcd");
+}
+
+/* Reads every status file ("status", "status.1", ...): one per controller. */
+static int read_vhci_ports(const char *dir, struct vhci_port *ports, int max)
+{
+	char pattern[PATH_MAX], line[256];
+	glob_t g;
+	size_t f;
+	int n = 0;
+
+	snprintf(pattern, sizeof(pattern), "%s/status*", dir);
+	if (glob(pattern, 0, NULL, &g) != 0)
+		errx(1, "%s: no status file", dir);
+	for (f = 0; f < g.gl_pathc; f++) {
+		FILE *fp = fopen(g.gl_pathv[f], "r");
+
+		if (!fp)
+			err(1, "%s", g.gl_pathv[f]);
+		while (n < max && fgets(line, sizeof(line), fp)) {
+			struct vhci_port *p = &ports[n];
+
+			/* Kernels before 4.13 have no hub column. */
+			if (sscanf(line, "%2s %d %d %d %x %*u %31s", p->hub,
+				   &p->port, &p->status, &p->speed, &p->devid,
+				   p->local_busid) == 6 ||
+			    (sscanf(line, "%d %d %d %x %*u %31s", &p->port,
+				    &p->status, &p->speed, &p->devid,
+				    p->local_busid) == 5 &&
+			     snprintf(p->hub, sizeof(p->hub), "hs")))
+				n++;
+		}
+		fclose(fp);
+	}
+	globfree(&g);
+	return n;
+}
+
+static int write_sysfs(const char *dir, const char *file, const char *text)
+{
+	char path[PATH_MAX];
+	int fd, rc = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, text, strlen(text)) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/* vhci before Linux 6.12 refuses SUPER_PLUS; such a device runs as SUPER. */
+static uint32_t vhci_speed(uint32_t speed)
+{
+	struct utsname u;
+	int major = 0, minor = 0;
+
+	if (speed != USB_SPEED_SUPER_PLUS || uname(&u) != 0)
+		return speed;
+	sscanf(u.release, "%d.%d", &major, &minor);
+	return major > 6 || (major == 6 && minor >= 12) ? speed
+							: USB_SPEED_SUPER;
+}
+
+/* Same format as `usbip attach`, so `usbip port` and `usbip detach` work. */
+static void write_record(int port, const char *host, const char *service,
+			 const char *busid)
+{
+	char path[PATH_MAX];
+	FILE *f;
+
+	mkdir(VHCI_RECORDS, 0700);
+	snprintf(path, sizeof(path), VHCI_RECORDS "/port%d", port);
+	f = fopen(path, "w");
+	if (!f) {
+		warn("%s", path);
+		return;
+	}
+	fprintf(f, "%s %s %s\n", host, service, busid);
+	fclose(f);
+}
+
+static void remove_record(int port)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), VHCI_RECORDS "/port%d", port);
+	unlink(path);
+}
+
+static int attach_to_vhci(const char *dir, int fd,
+			  const struct usbip_usb_device *rec)
+{
+	struct vhci_port ports[256];
+	uint32_t speed = vhci_speed(rec->speed);
+	const char *hub = speed >= USB_SPEED_SUPER ? "ss" : "hs";
+	uint32_t devid = rec->busnum << 16 | rec->devnum;
+	int n = read_vhci_ports(dir, ports, 256), i, rc;
+	char line[64];
+
+	for (i = 0; i < n; i++) {
+		if (ports[i].status != VHCI_STATE_FREE ||
+		    strcmp(ports[i].hub, hub) != 0)
+			continue;
+		snprintf(line, sizeof(line), "%d %d %u %u", ports[i].port, fd,
+			 devid, speed);
+		rc = write_sysfs(dir, "attach", line);
+		if (rc == 0)
+			return ports[i].port;
+		if (rc == -EBUSY)
+			continue;	/* taken since we read the status */
+		if (rc == -EACCES || rc == -EPERM)
+			errx(1, "%s/attach: permission denied (run as root)",
+			     dir);
+		errx(1, "vhci_hcd refused port %d: %s", ports[i].port,
+		     strerror(-rc));
+	}
+	errx(1, "no free %s vhci port", speed >= USB_SPEED_SUPER ?
+	     "super-speed" : "high-speed");
+}
+
+static int cmd_attach(const char *target, const char *busid)
+{
+	char host[256], service[32], peer[300], dir[PATH_MAX];
+	struct usbip_usb_device rec;
+	int fd, port;
+
+	if (strlen(busid) >= SYSFS_BUS_ID_SIZE)
+		errx(1, "busid %s is too long", busid);
+	find_vhci(dir, sizeof(dir));
+	split_host_port(target, host, sizeof(host), service, sizeof(service));
+	name_peer(host, service, peer, sizeof(peer));
+	fd = dial(host, service);
+	request_import(fd, busid, peer, &rec);
+	port = attach_to_vhci(dir, fd, &rec);
+	/* The kernel holds its own reference to the socket now. */
+	close(fd);
+	write_record(port, host, service, busid);
+	debug(1, "attached %s from %s (%04x:%04x, %s speed)", busid, peer,
+	      rec.idVendor, rec.idProduct, speed_name(rec.speed));
+	printf("%d\n", port);
+	return 0;
+}
+
+static int cmd_port(void)
+{
+	struct vhci_port ports[256];
+	char dir[PATH_MAX];
+	int n, i, shown = 0;
+
+	find_vhci(dir, sizeof(dir));
+	n = read_vhci_ports(dir, ports, 256);
+	for (i = 0; i < n; i++) {
+		struct vhci_port *p = &ports[i];
+		char path[PATH_MAX], record[300] = "", vid[8], pid[8],
+		     product[128];
+		FILE *f;
+
+		if (p->status == VHCI_STATE_FREE)
+			continue;
+		snprintf(path, sizeof(path), VHCI_RECORDS "/port%d", p->port);
+		f = fopen(path, "r");
+		if (f) {
+			if (fgets(record, sizeof(record), f))
+				record[strcspn(record, "\n")] = '\0';
+			fclose(f);
+		}
+		read_sysfs_attr(p->local_busid, "idVendor", vid, sizeof(vid));
+		read_sysfs_attr(p->local_busid, "idProduct", pid, sizeof(pid));
+		read_sysfs_attr(p->local_busid, "product", product,
+				sizeof(product));
+		printf("port %d: %s speed, %s:%s %s, local busid %s, from %s\n",
+		       p->port, speed_name((uint32_t)p->speed),
+		       vid[0] ? vid : "?", pid[0] ? pid : "?", product,
+		       p->local_busid, record[0] ? record : "(no record)");
+		shown++;
+	}
+	if (shown == 0)
+		printf("no imported devices\n");
+	return 0;
+}
+
+static int cmd_detach(const char *arg)
+{
+	struct vhci_port ports[256];
+	char dir[PATH_MAX], *end;
+	long port = strtol(arg, &end, 10);
+	int n, i, rc;
+
+	if (*arg == '\0' || *end != '\0' || port < 0 || port > 65535)
+		errx(1, "%s: not a port number", arg);
+	find_vhci(dir, sizeof(dir));
+	n = read_vhci_ports(dir, ports, 256);
+	for (i = 0; i < n && ports[i].port != port; i++)
+		;
+	if (i == n)
+		errx(1, "no vhci port %ld", port);
+	if (ports[i].status == VHCI_STATE_FREE)
+		errx(1, "port %ld is not in use", port);
+	rc = write_sysfs(dir, "detach", arg);
+	if (rc == -EACCES || rc == -EPERM)
+		errx(1, "%s/detach: permission denied (run as root)", dir);
+	if (rc != 0)
+		errx(1, "detach port %ld: %s", port, strerror(-rc));
+	remove_record((int)port);
+	debug(1, "detached port %ld", port);
+	return 0;
+}
+
+/* ---- the command line ------------------------------------------------ */
+
+static int print_local_device(libusb_device *dev, const char *busid,
+			      void *arg)
+{
+	struct usbip_usb_device rec;
+	struct usbip_usb_interface ifs[MAX_INTERFACES];
+	char product[128];
+	int nifs = describe_device(dev, &rec, ifs);
+
+	(*(int *)arg)++;
+	read_sysfs_attr(busid, "product", product, sizeof(product));
+	print_device_line(&rec, ifs, nifs, product);
+	return 0;
+}
+
+static int cmd_list(const char *target)
+{
+	char host[256], service[32], peer[300];
+	int fd, n = 0;
+
+	if (!target) {
+		open_usb();
+		for_each_device(print_local_device, &n, 0);
+		if (n == 0)
+			printf("no shareable USB devices on this machine\n");
+		if (usb)
+			libusb_exit(usb);
+		return 0;
+	}
+	split_host_port(target, host, sizeof(host), service, sizeof(service));
+	name_peer(host, service, peer, sizeof(peer));
+	fd = dial(host, service);
+	request_devlist(fd, peer);
+	close(fd);
+	return 0;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+"usage: p2pusb [-v] COMMAND [ARGS]\n"
+"  list                           local devices that can be shared\n"
+"  list HOST[:PORT]               devices a server offers\n"
+"  serve [-a ADDR] [-p PORT] [BUSID...]\n"
+"                                 share devices (default: all but hubs,\n"
+"                                 port " USBIP_PORT ", every address)\n"
+"  attach HOST[:PORT] BUSID       import a device into vhci_hcd; prints\n"
+"                                 the vhci port\n"
+"  port                           devices imported on this machine\n"
+"  detach PORT                    remove an imported device\n"
+"options: -v more log (twice: every URB), -h help, -V version\n");
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+	const char *addr = NULL, *port = USBIP_PORT;
+	int ch;
+
+	optind = 0;	/* glibc: restart scanning on the subcommand's argv */
+	while ((ch = getopt(argc, argv, "+a:p:v")) != -1) {
+		switch (ch) {
+		case 'a':
+			addr = optarg;
+			break;
+		case 'p':
+			port = optarg;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	offered = argv + optind;
+	noffered = argc - optind;
+	return serve(addr, port);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *cmd;
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, "+hVv", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("p2pusb " P2PUSB_VERSION "\n");
+			return 0;
+		case 'v':
+			verbose++;
+			break;
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 1) {
+		usage(stderr);
+		return 1;
+	}
+	cmd = argv[0];
+	if (strcmp(cmd, "list") == 0 && argc <= 2)
+		return cmd_list(argc == 2 ? argv[1] : NULL);
+	if (strcmp(cmd, "serve") == 0)
+		return cmd_serve(argc, argv);
+	if (strcmp(cmd, "attach") == 0 && argc == 3)
+		return cmd_attach(argv[1], argv[2]);
+	if (strcmp(cmd, "port") == 0 && argc == 1)
+		return cmd_port();
+	if (strcmp(cmd, "detach") == 0 && argc == 2)
+		return cmd_detach(argv[1]);
+	usage(stderr);
+	return 1;
+}
