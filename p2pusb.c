@@ -906,6 +906,8 @@ static void protocol_error(struct conn *c, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
+	if (!c->handle)		/* close_conn() logs only sessions */
+		warnx("%s: %s", c->peer, why);
 	c->end_reason = why;
 	close_conn(c, why);
 }
@@ -1463,7 +1465,10 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 			       h->base.seqnum, len);
 		return;
 	}
-	if (np < 0 || np > ISO_PACKETS_MAX) {
+	/* The kernel's usbip_protocol.rst has non-iso URBs say -1. */
+	if (np < 0)
+		np = 0;
+	if (np > ISO_PACKETS_MAX) {
 		protocol_error(c, "seq %u: %d iso packets out of range",
 			       h->base.seqnum, np);
 		return;
@@ -1473,6 +1478,7 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 		err(1, "calloc");
 	u->conn = c;
 	u->cmd = *h;
+	u->cmd.u.cmd_submit.number_of_packets = np;
 	u->buf = malloc(setup + (size_t)len + 1);
 	u->xfer = libusb_alloc_transfer(np);
 	if (!u->buf || !u->xfer)

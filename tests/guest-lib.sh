@@ -7,6 +7,8 @@
 # gadgets on dummy_hcd, and find the resulting busids and /dev nodes by
 # reading sysfs.  Every wait is bounded; a helper that gives up prints why
 # on stderr and returns non-zero, so `set -e` scripts stop right there.
+# Busids depend on module load order (dummy_hcd's buses come first when
+# load_usb_modules runs before anything else): never hard-code them.
 #
 # Functions (details above each one):
 #   info MSG...                 progress line on stderr, with uptime
@@ -18,7 +20,8 @@
 #   gadget_acm NAME             CDC-ACM serial gadget; echoes its busid
 #   gadget_tty NAME             /dev/ttyGSn, the gadget end of an ACM gadget
 #   gadget_busid NAME           busid on the host side of a live gadget
-#   gadget_remove NAME          unbind and delete a gadget
+#   gadget_id NAME              its VID:PID, e.g. 1d6b:a000
+#   gadget_remove NAME          unplug (waits for the host side) and delete
 #   usb_busids VID:PID [HCD]    busids of matching devices (on HCD's buses)
 #   hcd_of_busid BUSID          driver of the controller: dummy_hcd, ...
 #   wait_for_busid VID:PID HCD SECS   first matching busid, once it appears
@@ -76,6 +79,7 @@ load_usb_modules() {
     done
     # One modprobe for all: each exec costs time under TCG.
     modprobe dummy_hcd num="$n" || echo "load_usb_modules: no dummy_hcd" >&2
+    # shellcheck disable=SC2086  # a list of names
     modprobe -a -q $mods || true
     for m in $mods; do
         [ -d "/sys/module/$m" ] || echo "load_usb_modules: no module $m" >&2
@@ -166,7 +170,7 @@ _gadget_create() {
     pid=$(_gadget_free_pid)     # before our own idProduct (0x0000) exists
     # One mkdir for all: configfs fills each new dir with its attributes.
     mkdir "$g" "$g/strings/0x409" "$g/configs/c.1" \
-          "$g/configs/c.1/strings/0x409" "$g/functions/$func"
+          "$g/configs/c.1/strings/0x409" "$g/functions/$func" || return 1
     echo $GADGET_VID >"$g/idVendor"
     echo "$pid" >"$g/idProduct"
     echo 0x0200 >"$g/bcdUSB"
@@ -181,9 +185,9 @@ _gadget_create() {
 # free UDC and wait for the host side to enumerate it; echoes the busid.
 _gadget_plug() {
     local g=$CONFIGFS/$1 udc
-    ln -s "$g"/functions/* "$g/configs/c.1/"
+    ln -s "$g"/functions/* "$g/configs/c.1/" || return 1
     udc=$(_gadget_free_udc) || return 1
-    echo "$udc" >"$g/UDC"
+    echo "$udc" >"$g/UDC" || return 1
     wait_for_busid "$(gadget_id "$1")" dummy_hcd 20 \
         || { echo "gadget: $1 on $udc never showed up on the host side" >&2; return 1; }
 }
@@ -203,9 +207,9 @@ gadget_busid() { usb_busids "$(gadget_id "$1")" dummy_hcd | head -n1; }
 # so a /dev/sdX appears too (see wait_for_disk).
 gadget_storage() {
     local g=$CONFIGFS/$1
-    _gadget_create "$1" mass_storage.0
+    _gadget_create "$1" mass_storage.0 || return 1
     echo 0 >"$g/functions/mass_storage.0/lun.0/removable"
-    echo "$2" >"$g/functions/mass_storage.0/lun.0/file"
+    echo "$2" >"$g/functions/mass_storage.0/lun.0/file" || return 1
     _gadget_plug "$1"
 }
 
@@ -213,7 +217,7 @@ gadget_storage() {
 # Echoes the busid; the gadget end is gadget_tty NAME, the host end (once
 # cdc-acm binds) find_tty_for_busid BUSID.
 gadget_acm() {
-    _gadget_create "$1" acm.0
+    _gadget_create "$1" acm.0 || return 1
     _gadget_plug "$1"
 }
 

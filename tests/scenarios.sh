@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 . tests/guest-lib.sh
 
-P2PUSB=${P2PUSB:-./p2pusb}
+P2PUSB=${2:-./p2pusb}	# tests/p2pusb-asan: the sanitizer build
 PORT=3240
 LOG=$P2PUSB_OUT
 DATA_MIB=16
@@ -18,14 +18,31 @@ DATA_MIB=16
 
 on_exit() {
 	local rc=$?
+	stop_server || rc=1
 	if [ $rc -ne 0 ]; then
 		echo "--- server log"; cat "$LOG"/serve*.log 2>/dev/null || true
 		usb_dump
 		echo "FAIL"
+		exit 1
 	fi
-	pkill -f "p2pusb.*serve" 2>/dev/null || true
+	echo PASS
 }
 trap on_exit EXIT
+SERVER_PID=
+
+# stop_server: SIGTERM must end every session and exit 0 within seconds,
+# and a sanitizer build must have found nothing (leaks are checked at exit).
+stop_server() {
+	[ -n "$SERVER_PID" ] || return 0
+	kill -TERM "$SERVER_PID" 2>/dev/null || true
+	local rc=0
+	timeout 15 tail --pid="$SERVER_PID" -f /dev/null || { echo "server did not stop"; return 1; }
+	wait "$SERVER_PID" || rc=$?
+	SERVER_PID=
+	[ $rc -eq 0 ] || { echo "server exited with $rc"; return 1; }
+	! grep -E "Sanitizer|runtime error" "$LOG/serve.log" ||
+		{ echo "sanitizer report in the server log"; return 1; }
+}
 
 # start_server [BUSID...]: p2pusb serve in the background, logging to $LOG.
 start_server() {
@@ -208,7 +225,8 @@ give_back() {
 	vb=$(imported_busid g1)
 	wait_for_disk "$vb" 30 >/dev/null
 	drv=/sys/bus/usb/devices/$BUSID:1.0/driver
-	[ ! -e "$drv" ] || die "server-side device still has a kernel driver"
+	[ "$(basename "$(readlink $drv)")" = usbfs ] ||
+		die "server-side device is not held by p2pusb (usbfs)"
 	$P2PUSB detach "$port"
 	wait_gone g1
 	wait_for "[ \"\$(basename \$(readlink $drv))\" = usb-storage ]" 10 ||
@@ -223,7 +241,6 @@ give_back() {
 	wait_gone g1
 }
 
-scenario=${1:?usage: scenarios.sh NAME}
+scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}
 load_usb_modules 4 2>/dev/null
 "$scenario"
-echo PASS

@@ -1,9 +1,10 @@
 #!/bin/bash
 # vm-smoke.sh - prove the VM rig with the kernel's own USB/IP tools only.
 #
-# On the host:  tests/vm.sh-free entry point, runs both smokes in turn:
-#     tests/vm-smoke.sh            -> boots two VMs, prints PASS/FAIL each
-# In a VM (what the host side runs):
+# On the host, run it directly: it boots one VM per smoke, in turn, and
+# exits 0 only if both pass (about 25 s each on an idle machine):
+#     tests/vm-smoke.sh
+# In a VM (this is what the host side runs):
 #     tests/vm.sh tests/vm-smoke.sh usbip
 #     tests/vm.sh -q '-device qemu-xhci,id=xhci -device usb-audio,...' \
 #                 tests/vm-smoke.sh audio
@@ -98,7 +99,7 @@ smoke_audio() {
     # snd-usb-audio makes a sound card; play half a second of noise.
     wait_for "grep -qi usb /proc/asound/cards" 20 || die "no ALSA card for the device"
     card=$(grep -i usb /proc/asound/cards | head -n1 | awk '{print $1}')
-    info "ALSA card $card; /dev/snd: $(ls /dev/snd | tr '\n' ' ')"
+    info "ALSA card $card; /dev/snd: $(cd /dev/snd && echo *)"
     head -c 96000 /dev/urandom |
         timeout 20 aplay -q -D "plughw:$card" -f S16_LE -r 48000 -c 2 -t raw ||
         die "aplay failed"

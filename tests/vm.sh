@@ -36,6 +36,7 @@ MARKER=P2PUSB-EXIT
 die() { echo "vm.sh: $*" >&2; exit 2; }
 
 if [ "${1:-}" = --install-deps ]; then
+    # shellcheck disable=SC2086  # a list of names
     apt-get update -q && DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends $PACKAGES
     exit
@@ -51,32 +52,34 @@ while getopts "t:q:o:kh" opt; do
         q) qemu_extra=$OPTARG ;;
         o) outdir=$OPTARG ;;
         k) show_klog=1 ;;
-        *) sed -n '/^# Usage/,/^# Exit/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+        *) sed -n '/^# Usage/,/^set -eu/s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
 [ $# -ge 1 ] || die "usage: vm.sh [-t SECS] [-q 'QEMU ARGS'] [-o OUTDIR] [-k] SCRIPT [ARGS...]"
 case $timeout_s in ''|*[!0-9]*) die "-t wants whole seconds, not '$timeout_s'" ;; esac
 
-script=$(realpath -e -- "$1") || die "no such script: $1"
+script=$(realpath -e -- "$1" 2>/dev/null) || die "no such script: $1"
 shift
 
 for tool in qemu-system-x86_64 cpio gzip timeout; do
     command -v $tool >/dev/null || die "$tool missing; run: $0 --install-deps"
 done
 # The initramfs has no libc, so its busybox must be the static one.
-[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 \
-    || die "/bin/busybox is missing or not static (busybox-static); run: $0 --install-deps"
+if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+    die "/bin/busybox is missing or not static (busybox-static); run: $0 --install-deps"
+fi
 
 # --- pick the guest kernel: a vmlinuz whose modules are installed ----------
 kver=${P2PUSB_KERNEL:-}
 if [ -z "$kver" ]; then
-    for k in $(ls /boot/vmlinuz-* 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V); do
-        [ -f "/lib/modules/$k/modules.dep" ] && kver=$k
+    for k in $(printf '%s\n' /boot/vmlinuz-* | sed 's|^/boot/vmlinuz-||' | sort -V); do
+        [ ! -f "/lib/modules/$k/modules.dep" ] || kver=$k
     done
 fi
-[ -n "$kver" ] && [ -r "/boot/vmlinuz-$kver" ] \
-    || die "no usable /boot/vmlinuz-* with /lib/modules; run: $0 --install-deps"
+if [ -z "$kver" ] || [ ! -r "/boot/vmlinuz-$kver" ]; then
+    die "no usable /boot/vmlinuz-* with /lib/modules; run: $0 --install-deps"
+fi
 moddir=/lib/modules/$kver
 
 # --- the initramfs: busybox, 9p/overlay modules and /init ------------------
@@ -112,6 +115,7 @@ stty -F /dev/ttyS1 -onlcr 2>/dev/null   # no CR in front of every LF
 # (/proc moves into /newroot on the way, hence two places to look.)
 poweroff_now() {
     sync
+    stty -F /dev/ttyS1 -onlcr 2>/dev/null   # TCSADRAIN: lets the UART send all
     for p in /newroot/proc /proc; do
         [ -e $p/sysrq-trigger ] && echo o >$p/sysrq-trigger
     done
@@ -164,7 +168,7 @@ EOF
 }
 
 build_initrd() {
-    local tmp name path dep
+    local tmp name path
     tmp=$(mktemp -d "$cache/build.XXXXXX")
     mkdir -p "$tmp/bin" "$tmp/lib/modules"
     cp /bin/busybox "$tmp/bin/busybox"
@@ -271,8 +275,9 @@ repo=$(git -C "$(dirname "$script")" rev-parse --show-toplevel 2>/dev/null) \
 console=$run/console.log
 klog=$outdir/kernel.log
 : >"$klog"
-# shellcheck disable=SC2206  # -q is split on whitespace on purpose
-extra=($qemu_extra)
+# -q is split on any whitespace (newlines too), without globbing.
+extra=()
+read -r -d '' -a extra <<<"$qemu_extra" || true
 start=$(date +%s)
 set +e
 timeout --kill-after=5 "$timeout_s" qemu-system-x86_64 \
@@ -288,6 +293,7 @@ qrc=${PIPESTATUS[0]}
 set -e
 elapsed=$(( $(date +%s) - start ))
 
+sed -i 's/\r$//' "$klog"     # the serial line ends lines with CR LF
 [ $show_klog = 0 ] || cat "$klog" >&2
 rc=$(grep -a "^$MARKER=[0-9]*\$" "$console" | tail -n1 | cut -d= -f2)
 if [ -n "$rc" ]; then

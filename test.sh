@@ -1,0 +1,197 @@
+#!/bin/bash
+# test.sh - build p2pusb and run every test; the last line is
+# "N passed, N failed" and the exit status is non-zero on any failure.
+#
+# Host tests need nothing but a compiler.  Everything that needs USB runs in
+# a qemu VM booting Debian's stock kernel (tests/vm.sh), where the device
+# is a dummy_hcd gadget or one of qemu's emulated xHCI devices and the peer
+# is the real kernel: vhci_hcd, usbip-host, usb-storage, cdc-acm,
+# snd-usb-audio.  Missing packages are installed with apt-get.
+set -u
+cd "$(dirname "$0")"
+
+PACKAGES="gcc make pkg-config libusb-1.0-0-dev clang valgrind
+	qemu-system-x86 linux-image-amd64 busybox-static kmod cpio
+	usbip usbutils alsa-utils sox"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/p2pusb-test.XXXXXX")
+PORT=$((20000 + $$ % 20000))
+passed=0
+failed=0
+ONLY=${1:-}
+
+cleanup() {
+	pkill -P $$ 2>/dev/null
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+install_missing() {
+	local missing=() p
+	for p in $PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+			grep -q "ok installed" || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return
+	echo "installing: ${missing[*]}"
+	apt-get update -q >/dev/null &&
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# check NAME CMD...: one test case; its output is shown only if it fails.
+# With an argument, test.sh runs only the cases whose name contains it.
+check() {
+	local name=$1 log
+	shift
+	[[ $name == *"$ONLY"* ]] || return 0
+	log="$WORK/$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_').log"
+	if "$@" >"$log" 2>&1; then
+		passed=$((passed + 1))
+		echo "ok   $name"
+		grep -h '^measured:' "$log" | sed 's/^/     /'
+	else
+		failed=$((failed + 1))
+		echo "FAIL $name"
+		tail -n 60 "$log" | sed 's/^/     | /'
+	fi
+}
+
+# ---- build ----
+
+build_with() {
+	make -B CC="$1" p2pusb
+}
+
+build_asan() {
+	gcc -std=c11 -Wall -Wextra -Werror -g -O1 \
+		-fsanitize=address,undefined -fno-omit-frame-pointer \
+		$(pkg-config --cflags libusb-1.0) -o tests/p2pusb-asan p2pusb.c \
+		$(pkg-config --libs libusb-1.0)
+}
+
+wire_test() {
+	gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined \
+		$(pkg-config --cflags libusb-1.0) -o tests/wire-test \
+		tests/wire-test.c $(pkg-config --libs libusb-1.0) &&
+		tests/wire-test
+}
+
+# ---- host: a server on a machine without USB ----
+
+# send_hex HEX: raw bytes to the server; prints its reply as hex.
+send_hex() {
+	exec 3<>/dev/tcp/127.0.0.1/$PORT || return 1
+	printf "$(echo "$1" | sed 's/ //g; s/../\\x&/g')" >&3
+	timeout 5 od -An -v -tx1 <&3 | tr -d ' \n'
+	exec 3<&-
+}
+
+zeros() { printf '00%.0s' $(seq "$1"); }
+
+start_host_server() {
+	$1 serve -a 127.0.0.1 -p $PORT 2>"$WORK/host-serve.log" &
+	for _ in $(seq 50); do
+		grep -q "serving on" "$WORK/host-serve.log" && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+stop_host_server() {
+	pkill -INT -f "serve -a 127.0.0.1 -p $PORT"
+	wait
+}
+
+# A USB-less server still answers: an empty list, NODEV for any busid, and
+# a broken request costs only that connection.
+host_server() {
+	local bin=$1 reply
+	start_host_server "$bin" || return 1
+	./p2pusb list 127.0.0.1:$PORT | tee /dev/stderr |
+		grep -q "offers no devices" || return 1
+	reply=$(send_hex "0111 8005 00000000")
+	[ "$reply" = 011100050000000000000000 ] || { echo "devlist: $reply"; return 1; }
+	reply=$(send_hex "0111 8003 00000000 312d31 $(zeros 29)")
+	[ "$reply" = 0111000300000004 ] || { echo "import: $reply"; return 1; }
+	reply=$(send_hex "0200 8005 00000000")
+	[ -z "$reply" ] || { echo "bad version answered: $reply"; return 1; }
+	grep -q "127.0.0.1:[0-9]*: .*version 2.00" "$WORK/host-serve.log" ||
+		{ echo "no log line naming the peer"; return 1; }
+	./p2pusb list 127.0.0.1:$PORT >/dev/null || return 1
+	stop_host_server
+	cat "$WORK/host-serve.log"
+	grep -q "offering no devices" "$WORK/host-serve.log"
+}
+
+valgrind_server() {
+	host_server "valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite ./p2pusb" &&
+		! grep -q "==[0-9]*==" "$WORK/host-serve.log"
+}
+
+# Clear one-line errors for a client that cannot get anywhere.
+client_errors() {
+	local out
+	out=$(./p2pusb attach 127.0.0.1:$PORT 1-1 2>&1) && return 1
+	echo "$out"
+	[ "$(echo "$out" | wc -l)" -eq 1 ] || return 1
+	echo "$out" | grep -q "vhci_hcd not loaded" || return 1
+	out=$(./p2pusb list 127.0.0.1:1 2>&1) && return 1
+	echo "$out"
+	echo "$out" | grep -q "cannot connect to 127.0.0.1 port 1" || return 1
+	out=$(./p2pusb bogus 2>&1) && return 1
+	echo "$out" | grep -q usage
+}
+
+# ---- VM scenarios ----
+
+vm_scenario() {
+	local out
+	out=$(mktemp -d "$WORK/vm-$1.XXXX")
+	tests/vm.sh -t 300 -o "$out" tests/scenarios.sh "$@"
+}
+
+# The tone must come out of qemu's speaker: 440 Hz (counted by zero
+# crossings) for most of its 2 s.
+audio_scenario() {
+	local out=$WORK/vm-audio
+	mkdir -p "$out"
+	sox -n -r 48000 -c 2 -b 16 "$out/tone.wav" synth 2 sine 440 vol 0.5
+	tests/vm.sh -t 300 -o "$out" -q "-device qemu-xhci,id=xhci
+		-device usb-audio,audiodev=snd0,bus=xhci.0
+		-audiodev wav,id=snd0,path=$out/speaker.wav" \
+		tests/scenarios.sh audio || return 1
+	sox "$out/speaker.wav" -t raw -e signed -b 16 -c 1 - remix 1 |
+		od -An -v -td2 -w2 |
+		awk -v rate="$(soxi -r "$out/speaker.wav")" '
+			$1 > 1000 || $1 < -1000 { if (!first) first = NR; last = NR }
+			$1 > 1000 && s < 0 { x++ } $1 > 1000 { s = 1 }
+			$1 < -1000 { s = -1 }
+			END {
+				sec = (last - first) / rate; f = x / sec
+				printf "measured: %.2f s of tone at %.0f Hz reached the speaker\n", sec, f
+				exit !(sec > 1.2 && f > 420 && f < 460)
+			}'
+}
+
+# ---- run ----
+
+install_missing || echo "warning: apt-get failed; testing with what is here"
+check "build with clang (-Wall -Wextra -Werror)" build_with clang
+check "build with gcc (-Wall -Wextra -Werror)" build_with gcc
+check "build with ASan+UBSan" build_asan
+check "wire format matches the spec sheet's vectors" wire_test
+check "host: USB-less server answers and survives bad input" host_server ./p2pusb
+check "host: same under ASan+UBSan" host_server tests/p2pusb-asan
+check "host: same under valgrind, no leaks" valgrind_server
+check "host: client errors are one clear line" client_errors
+check "vm 1: p2pusb serve <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client
+check "vm 2: kernel usbipd <-> p2pusb attach (usb-storage)" vm_scenario kernel_server
+check "vm 3: p2pusb <-> p2pusb (usb-storage)" vm_scenario p2pusb_both
+check "vm 3a: p2pusb <-> p2pusb, both under ASan+UBSan" vm_scenario p2pusb_both tests/p2pusb-asan
+check "vm 4: p2pusb <-> p2pusb (cdc-acm serial)" vm_scenario serial
+check "vm 5: isochronous audio into qemu's USB speaker" audio_scenario
+check "vm 6: two devices to two clients at once" vm_scenario two_devices
+check "vm 7: detach gives the device back; it imports again" vm_scenario give_back
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
