@@ -303,15 +303,30 @@ static void set_blocking(int fd)
 }
 
 /*
- * URBs are small and latency-bound, so no Nagle; keepalive so a peer that
- * vanished without a FIN is noticed (the kernel's usbip does the same).
+ * URBs are small and latency-bound, so no Nagle.  A peer that vanished
+ * without a FIN must still be noticed, on both sides and also by vhci_hcd,
+ * which keeps these options on the socket it is handed: an idle connection
+ * is probed after 30 s and given up after 3 unanswered probes 5 s apart;
+ * data unacknowledged for 45 s ends it too.
  */
+#define KEEPALIVE_IDLE_S	30
+#define KEEPALIVE_INTERVAL_S	5
+#define KEEPALIVE_PROBES	3
+
 static void set_tcp_options(int fd)
 {
-	int one = 1;
+	int one = 1, idle = KEEPALIVE_IDLE_S, intvl = KEEPALIVE_INTERVAL_S,
+	    cnt = KEEPALIVE_PROBES;
+	unsigned user_timeout_ms =
+	    (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES) * 1000;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms,
+		   sizeof(user_timeout_ms));
 }
 
 /* Binds every address ADDR resolves to (all of them when ADDR is NULL). */
@@ -727,10 +742,18 @@ static void request_devlist(int fd, const char *peer)
 
 /* ---- the server: connections, URBs and one poll() loop --------------- */
 
-#define URB_LENGTH_MAX	(16 << 20)	/* vhci sends up to a few hundred KiB */
+/*
+ * Bounds on what one client can make the server hold.  Past a limit the
+ * server stops reading that client until replies drain: TCP then pushes
+ * back on the sender, and no other session is affected.
+ */
+#define URB_LENGTH_MAX	(16 << 20)	/* default -m: vhci sends < 1 MiB */
 #define ISO_PACKETS_MAX	1024
-#define OUTQ_LIMIT	(8u << 20)	/* stop reading a client this far behind */
-#define INFLIGHT_LIMIT	1024
+#define OUTQ_LIMIT	(8u << 20)	/* reply bytes queued, not yet sent */
+#define INFLIGHT_LIMIT	1024		/* URBs submitted to libusb */
+#define INFLIGHT_BYTES	(64u << 20)	/* their buffers */
+#define MAX_CONNS	512
+#define HANDSHAKE_MS	10000		/* to send a whole request */
 #define EP_NONE		0xff
 
 /* Bytes queued for a client: an URB's reply or a standalone message. */
@@ -781,6 +804,8 @@ struct conn {
 
 	struct urb *inflight;		/* submitted to libusb */
 	unsigned ninflight;
+	size_t inflight_bytes;
+	long long deadline_ms;		/* for the handshake; 0: none */
 
 	/* The imported device, once OP_REQ_IMPORT succeeded. */
 	libusb_device_handle *handle;
@@ -791,7 +816,17 @@ struct conn {
 };
 
 static struct conn *conns;
+static int nconns;
 static volatile sig_atomic_t stop_requested;
+static int max_length = URB_LENGTH_MAX;
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
 
 static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len)
 {
@@ -1122,6 +1157,7 @@ static void answer_import(struct conn *c)
 		warnx("%s: imported %s (%04x:%04x, %s speed)", c->peer,
 		      c->busid, rec.idVendor, rec.idProduct,
 		      speed_name(rec.speed));
+		c->deadline_ms = 0;	/* URB phase: idle is normal now */
 		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
 	}
 	if (imp.dev)
@@ -1264,6 +1300,7 @@ static void inflight_remove(struct conn *c, struct urb *u)
 		if (*pp == u) {
 			*pp = u->next;
 			c->ninflight--;
+			c->inflight_bytes -= u->xfer ? (size_t)u->xfer->length : 0;
 			return;
 		}
 	}
@@ -1441,6 +1478,7 @@ static void submit_urb(struct urb *u)
 			u->next = c->inflight;
 			c->inflight = u;
 			c->ninflight++;
+			c->inflight_bytes += (size_t)u->xfer->length;
 			return;
 		}
 		status = submit_errno(rc);
@@ -1460,7 +1498,7 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 	size_t setup = h->base.ep == 0 ? LIBUSB_CONTROL_SETUP_SIZE : 0;
 	struct urb *u;
 
-	if (len < 0 || len > URB_LENGTH_MAX) {
+	if (len < 0 || len > max_length) {
 		protocol_error(c, "seq %u: transfer length %d out of range",
 			       h->base.seqnum, len);
 		return;
@@ -1581,7 +1619,8 @@ static void on_input(struct conn *c)
 static int wants_input(const struct conn *c)
 {
 	return c->fd >= 0 && c->rx != RX_NONE && c->outbytes < OUTQ_LIMIT &&
-	       c->ninflight < INFLIGHT_LIMIT;
+	       c->ninflight < INFLIGHT_LIMIT &&
+	       c->inflight_bytes < INFLIGHT_BYTES;
 }
 
 static void read_input(struct conn *c)
@@ -1642,27 +1681,148 @@ static void write_output(struct conn *c)
 		close_conn(c, NULL);
 }
 
+/* -- who may connect: --allow CIDR[,CIDR...] -- */
+
+struct cidr {
+	int family;
+	uint8_t addr[16];
+	int bits;
+};
+
+static struct cidr *allowed;
+static int nallowed;
+
+static void parse_allow(const char *list)
+{
+	char *copy = strdup(list), *tok, *save = NULL;
+
+	if (!copy)
+		err(1, "strdup");
+	for (tok = strtok_r(copy, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		char *slash = strchr(tok, '/'), *end;
+		struct cidr r = { 0 };
+		int max;
+
+		if (slash)
+			*slash = '\0';
+		if (inet_pton(AF_INET, tok, r.addr) == 1)
+			r.family = AF_INET, max = 32;
+		else if (inet_pton(AF_INET6, tok, r.addr) == 1)
+			r.family = AF_INET6, max = 128;
+		else
+			errx(1, "--allow: %s is not an IPv4 or IPv6 address",
+			     tok);
+		r.bits = max;
+		if (slash) {
+			long bits = strtol(slash + 1, &end, 10);
+
+			if (slash[1] == '\0' || *end != '\0' || bits < 0 ||
+			    bits > max)
+				errx(1, "--allow: bad prefix length /%s",
+				     slash + 1);
+			r.bits = (int)bits;
+		}
+		allowed = realloc(allowed, (size_t)(nallowed + 1) *
+				  sizeof(*allowed));
+		if (!allowed)
+			err(1, "realloc");
+		allowed[nallowed++] = r;
+	}
+	free(copy);
+}
+
+static int prefix_matches(const uint8_t *a, const uint8_t *b, int bits)
+{
+	int full = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, (size_t)full) != 0)
+		return 0;
+	return rest == 0 || ((a[full] ^ b[full]) & (0xff00 >> rest)) == 0;
+}
+
+static int is_allowed(const struct sockaddr *sa)
+{
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+	const uint8_t *addr;
+	int family = sa->sa_family, i;
+
+	if (nallowed == 0)
+		return 1;
+	if (family == AF_INET) {
+		addr = (const uint8_t *)
+		    &((const struct sockaddr_in *)sa)->sin_addr;
+	} else if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+		family = AF_INET;
+		addr = sin6->sin6_addr.s6_addr + 12;
+	} else {
+		addr = sin6->sin6_addr.s6_addr;
+	}
+	for (i = 0; i < nallowed; i++)
+		if (allowed[i].family == family &&
+		    prefix_matches(addr, allowed[i].addr, allowed[i].bits))
+			return 1;
+	return 0;
+}
+
 static void accept_client(int lfd)
 {
+	static int said_full;
 	struct sockaddr_storage sa;
 	socklen_t len = sizeof(sa);
+	char peer[80];
 	struct conn *c;
 	int fd = accept4(lfd, (struct sockaddr *)&sa, &len,
 			 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 	if (fd < 0)
 		return;
+	format_peer((struct sockaddr *)&sa, peer, sizeof(peer));
+	if (!is_allowed((struct sockaddr *)&sa)) {
+		warnx("%s: refused: not in --allow", peer);
+		close(fd);
+		return;
+	}
+	if (nconns >= MAX_CONNS) {
+		if (!said_full)
+			warnx("%s: refused: %d connections already", peer,
+			      nconns);
+		said_full = 1;
+		close(fd);
+		return;
+	}
+	said_full = 0;
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		err(1, "calloc");
 	c->fd = fd;
 	c->outtail = &c->outq;
-	format_peer((struct sockaddr *)&sa, c->peer, sizeof(c->peer));
+	memcpy(c->peer, peer, sizeof(c->peer));
 	set_tcp_options(fd);
 	expect(c, RX_OP_COMMON, c->rxbuf, OP_COMMON_SIZE);
+	c->deadline_ms = now_ms() + HANDSHAKE_MS;
 	c->next = conns;
 	conns = c;
+	nconns++;
 	debug(1, "%s: connected", c->peer);
+}
+
+/* A client that connects and then says nothing must not hold a slot. */
+static int expire_handshakes(void)
+{
+	long long now = now_ms(), next = 0;
+	struct conn *c;
+
+	for (c = conns; c; c = c->next) {
+		if (c->fd < 0 || c->deadline_ms == 0)
+			continue;
+		if (now >= c->deadline_ms)
+			protocol_error(c, "no complete request within %d s",
+				       HANDSHAKE_MS / 1000);
+		else if (next == 0 || c->deadline_ms < next)
+			next = c->deadline_ms;
+	}
+	return next ? (int)(next - now) : -1;
 }
 
 /* Frees connections that are closed and have no transfer left in libusb. */
@@ -1681,6 +1841,7 @@ static void reap_conns(void)
 			give_back_device(c);
 		*pp = c->next;
 		free(c);
+		nconns--;
 	}
 }
 
@@ -1743,7 +1904,7 @@ static int serve(const char *addr, const char *port)
 		struct timespec tv = { 0, 100 * 1000 * 1000 }, *timeout = NULL;
 		size_t n = 0, nconn = 0, nusb = 0, need;
 		struct conn *c;
-		int ready, usb_ready = 0;
+		int ready, usb_ready = 0, wait_ms = expire_handshakes();
 
 		if (stop_requested && nlfd > 0) {
 			warnx("stopping: ending every session");
@@ -1769,6 +1930,10 @@ static int serve(const char *addr, const char *port)
 				libusb_free_pollfds(ufds);
 				break;
 			}
+			timeout = &tv;
+		} else if (wait_ms >= 0) {
+			tv.tv_sec = wait_ms / 1000;
+			tv.tv_nsec = wait_ms % 1000 * 1000000L;
 			timeout = &tv;
 		}
 
@@ -2123,9 +2288,10 @@ static void usage(FILE *out)
 "usage: p2pusb [-v] COMMAND [ARGS]\n"
 "  list                           local devices that can be shared\n"
 "  list HOST[:PORT]               devices a server offers\n"
-"  serve [-a ADDR] [-p PORT] [BUSID...]\n"
+"  serve [-a ADDR] [-p PORT] [--allow CIDR,...] [-m BYTES] [BUSID...]\n"
 "                                 share devices (default: all but hubs,\n"
-"                                 port " USBIP_PORT ", every address)\n"
+"                                 port " USBIP_PORT ", every address, any\n"
+"                                 client, URBs up to 16 MiB)\n"
 "  attach HOST[:PORT] BUSID       import a device into vhci_hcd; prints\n"
 "                                 the vhci port\n"
 "  port                           devices imported on this machine\n"
@@ -2135,17 +2301,36 @@ static void usage(FILE *out)
 
 static int cmd_serve(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "allow", required_argument, NULL, 'A' },
+		{ "max-length", required_argument, NULL, 'm' },
+		{ NULL, 0, NULL, 0 },
+	};
 	const char *addr = NULL, *port = USBIP_PORT;
+	char *end;
+	long n;
 	int ch;
 
 	optind = 0;	/* glibc: restart scanning on the subcommand's argv */
-	while ((ch = getopt(argc, argv, "+a:p:v")) != -1) {
+	while ((ch = getopt_long(argc, argv, "+a:p:m:v", longopts,
+				 NULL)) != -1) {
 		switch (ch) {
 		case 'a':
 			addr = optarg;
 			break;
 		case 'p':
 			port = optarg;
+			break;
+		case 'A':
+			parse_allow(optarg);
+			break;
+		case 'm':
+			n = strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || n < 0 ||
+			    n > INT32_MAX)
+				errx(1, "--max-length: %s is not a byte count",
+				     optarg);
+			max_length = (int)n;
 			break;
 		case 'v':
 			verbose++;

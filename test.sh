@@ -78,18 +78,23 @@ wire_test() {
 
 # ---- host: a server on a machine without USB ----
 
-# send_hex HEX: raw bytes to the server; prints its reply as hex.
+# send_hex HEX [hangup]: raw bytes to the server; prints its reply as hex,
+# or with "hangup" closes the connection right after sending.
 send_hex() {
 	exec 3<>/dev/tcp/127.0.0.1/$PORT || return 1
 	printf "$(echo "$1" | sed 's/ //g; s/../\\x&/g')" >&3
-	timeout 5 od -An -v -tx1 <&3 | tr -d ' \n'
+	[ "${2:-}" = hangup ] || timeout 5 od -An -v -tx1 <&3 | tr -d ' \n'
 	exec 3<&-
 }
 
 zeros() { printf '00%.0s' $(seq "$1"); }
 
+# start_host_server BIN [SERVE-OPTIONS...] (BIN may be a command line)
 start_host_server() {
-	$1 serve -a 127.0.0.1 -p $PORT 2>"$WORK/host-serve.log" &
+	local bin=$1
+	shift
+	$bin serve -a 127.0.0.1 -p $PORT "$@" 2>"$WORK/host-serve.log" &
+	SERVER_PID=$!
 	for _ in $(seq 50); do
 		grep -q "serving on" "$WORK/host-serve.log" && return 0
 		sleep 0.1
@@ -126,6 +131,70 @@ host_server() {
 valgrind_server() {
 	host_server "valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite ./p2pusb" &&
 		! grep -q "==[0-9]*==" "$WORK/host-serve.log"
+}
+
+# --allow: a client outside the list gets no answer and one log line.
+host_allow() {
+	start_host_server ./p2pusb --allow 10.0.0.0/8,fd00::/8 || return 1
+	[ -z "$(send_hex "0111 8005 00000000")" ] || return 1
+	stop_host_server
+	grep "refused" "$WORK/host-serve.log"
+	grep -q "^p2pusb: 127.0.0.1:[0-9]*: refused: not in --allow$" \
+		"$WORK/host-serve.log" || return 1
+	start_host_server ./p2pusb --allow 192.168.0.0/16,127.0.0.0/8 || return 1
+	./p2pusb list 127.0.0.1:$PORT || return 1
+	stop_host_server
+}
+
+# A client that sends one byte and waits holds nothing for long, and no
+# one else waits for it.
+host_silent_client() {
+	local fd start
+	start_host_server ./p2pusb || return 1
+	exec {fd}<>/dev/tcp/127.0.0.1/$PORT
+	printf '\x01' >&$fd
+	./p2pusb list 127.0.0.1:$PORT || return 1
+	start=$SECONDS
+	timeout 20 cat <&$fd >/dev/null || return 1
+	exec {fd}<&-
+	echo "measured: a silent client was dropped after $((SECONDS - start)) s"
+	stop_host_server
+	grep -q "no complete request within 10 s" "$WORK/host-serve.log"
+}
+
+# Hundreds of connections at once; afterwards every descriptor is closed.
+host_many_clients() {
+	local fds=() fd i before after
+	start_host_server ./p2pusb || return 1
+	before=$(ls /proc/$SERVER_PID/fd | wc -l)
+	for i in $(seq 300); do
+		exec {fd}<>/dev/tcp/127.0.0.1/$PORT || return 1
+		fds+=("$fd")
+	done
+	./p2pusb list 127.0.0.1:$PORT || return 1
+	for fd in "${fds[@]}"; do exec {fd}<&-; done
+	for i in $(seq 50); do
+		after=$(ls /proc/$SERVER_PID/fd | wc -l)
+		[ "$after" -eq "$before" ] && break
+		sleep 0.1
+	done
+	echo "measured: server fds $before before 300 clients, $after after"
+	stop_host_server
+	[ "$after" -eq "$before" ]
+}
+
+# Every prefix of a handshake, then a hang-up: the server shrugs each off.
+host_truncated_handshakes() {
+	local req n
+	req="01118003 00000000 312d31 $(zeros 29)"
+	req=${req// /}
+	start_host_server tests/p2pusb-asan || return 1
+	for n in $(seq 0 2 78); do
+		send_hex "${req:0:n}" hangup
+	done
+	[ "$(send_hex "$req")" = 0111000300000004 ] || return 1
+	stop_host_server
+	! grep -E "Sanitizer|runtime error" "$WORK/host-serve.log"
 }
 
 # Clear one-line errors for a client that cannot get anywhere.
@@ -184,6 +253,10 @@ check "host: USB-less server answers and survives bad input" host_server ./p2pus
 check "host: same under ASan+UBSan" host_server tests/p2pusb-asan
 check "host: same under valgrind, no leaks" valgrind_server
 check "host: client errors are one clear line" client_errors
+check "host: --allow refuses other clients" host_allow
+check "host: a silent client is dropped, others are served" host_silent_client
+check "host: 300 connections at once, no descriptor leaked" host_many_clients
+check "host: handshake cut at every byte boundary" host_truncated_handshakes
 check "vm 1: p2pusb serve <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client
 check "vm 2: kernel usbipd <-> p2pusb attach (usb-storage)" vm_scenario kernel_server
 check "vm 3: p2pusb <-> p2pusb (usb-storage)" vm_scenario p2pusb_both
