@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <dirent.h>
 #include <glob.h>
 #include <limits.h>
 #include <netdb.h>
@@ -462,11 +463,20 @@ static void write_all(int fd, const void *buf, size_t len, const char *peer)
 	}
 }
 
-/* ---- local USB devices ---------------------------------------------- */
+/* ---- local USB devices --------------------------------------------- */
 
+/*
+ * Devices are found the way the kernel's usbipd finds them: in sysfs, where
+ * the kernel keeps every attribute the handshake needs, always current.
+ * libusb only drives a device once it is imported, through a usbfs file
+ * descriptor we open ourselves (libusb_wrap_sys_device), so neither udev nor
+ * libusb's own device discovery is involved.
+ */
 #define MAX_INTERFACES	32
 
-static libusb_context *usb;	/* NULL where this machine has no USB */
+static const char *sysfs_usb = "/sys/bus/usb/devices";
+static const char *usbfs_dir = "/dev/bus/usb";
+static libusb_context *usb;	/* NULL where libusb could not start */
 
 static const char *speed_name(uint32_t speed)
 {
@@ -478,50 +488,33 @@ static const char *speed_name(uint32_t speed)
 	return speed < sizeof(names) / sizeof(names[0]) ? names[speed] : "?";
 }
 
-/* libusb counts speeds differently from the kernel: see p2pusb.h. */
-static uint32_t kernel_speed(int libusb_speed)
+/* sysfs says Mbit/s; the wire wants the kernel's enum usb_device_speed. */
+static uint32_t speed_from_sysfs(const char *mbps)
 {
-	switch (libusb_speed) {
-	case LIBUSB_SPEED_LOW:
-		return USB_SPEED_LOW;
-	case LIBUSB_SPEED_FULL:
-		return USB_SPEED_FULL;
-	case LIBUSB_SPEED_HIGH:
-		return USB_SPEED_HIGH;
-	case LIBUSB_SPEED_SUPER:
-		return USB_SPEED_SUPER;
-	case LIBUSB_SPEED_SUPER_PLUS:
-		return USB_SPEED_SUPER_PLUS;
-	default:
-		return USB_SPEED_UNKNOWN;
-	}
+	static const struct {
+		const char *mbps;
+		uint32_t speed;
+	} map[] = {
+		{ "1.5", USB_SPEED_LOW },	{ "12", USB_SPEED_FULL },
+		{ "480", USB_SPEED_HIGH },	{ "53.3-480", USB_SPEED_WIRELESS },
+		{ "5000", USB_SPEED_SUPER },	{ "10000", USB_SPEED_SUPER_PLUS },
+		{ "20000", USB_SPEED_SUPER_PLUS },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strcmp(mbps, map[i].mbps) == 0)
+			return map[i].speed;
+	return USB_SPEED_UNKNOWN;
 }
 
-/* The kernel's name for a device: bus, then the port path ("1-1.2"). */
-static int device_busid(libusb_device *dev, char *busid, size_t len)
-{
-	uint8_t ports[8];
-	int n = libusb_get_port_numbers(dev, ports, sizeof(ports));
-	int used, i;
-
-	if (n <= 0)
-		return -1;	/* a root hub */
-	used = snprintf(busid, len, "%u-%u", libusb_get_bus_number(dev),
-			ports[0]);
-	for (i = 1; i < n && used > 0 && (size_t)used < len; i++)
-		used += snprintf(busid + used, len - (size_t)used, ".%u",
-				 ports[i]);
-	return 0;
-}
-
-static void read_sysfs_attr(const char *busid, const char *attr, char *buf,
+static void read_sysfs_attr(const char *name, const char *attr, char *buf,
 			    size_t len)
 {
 	char path[PATH_MAX];
 	FILE *f;
 
-	snprintf(path, sizeof(path), "/sys/bus/usb/devices/%s/%s", busid,
-		 attr);
+	snprintf(path, sizeof(path), "%s/%s/%s", sysfs_usb, name, attr);
 	buf[0] = '\0';
 	f = fopen(path, "r");
 	if (!f)
@@ -532,100 +525,125 @@ static void read_sysfs_attr(const char *busid, const char *attr, char *buf,
 	fclose(f);
 }
 
-/*
- * Fills the record the handshake sends, and the interface list that
- * OP_REP_DEVLIST appends to it.  Returns the number of interfaces.
- */
-static int describe_device(libusb_device *dev, struct usbip_usb_device *rec,
-			   struct usbip_usb_interface *ifs)
+static unsigned long sysfs_number(const char *name, const char *attr,
+				  int base)
 {
-	struct libusb_device_descriptor dd;
-	struct libusb_config_descriptor *cfg;
-	char sysfs[PATH_MAX], real[PATH_MAX];
-	int i, n = 0;
+	char buf[32];
 
-	memset(rec, 0, sizeof(*rec));
-	device_busid(dev, rec->busid, sizeof(rec->busid));
-	snprintf(sysfs, sizeof(sysfs), "/sys/bus/usb/devices/%s", rec->busid);
-	snprintf(rec->path, sizeof(rec->path), "%.*s", SYSFS_PATH_MAX - 1,
-		 realpath(sysfs, real) ? real : sysfs);
-	rec->busnum = libusb_get_bus_number(dev);
-	rec->devnum = libusb_get_device_address(dev);
-	rec->speed = kernel_speed(libusb_get_device_speed(dev));
-
-	libusb_get_device_descriptor(dev, &dd);
-	rec->idVendor = dd.idVendor;
-	rec->idProduct = dd.idProduct;
-	rec->bcdDevice = dd.bcdDevice;
-	rec->bDeviceClass = dd.bDeviceClass;
-	rec->bDeviceSubClass = dd.bDeviceSubClass;
-	rec->bDeviceProtocol = dd.bDeviceProtocol;
-	rec->bNumConfigurations = dd.bNumConfigurations;
-
-	if (libusb_get_active_config_descriptor(dev, &cfg) != 0)
-		return 0;	/* unconfigured: no interfaces to list */
-	rec->bConfigurationValue = cfg->bConfigurationValue;
-	for (i = 0; i < cfg->bNumInterfaces && n < MAX_INTERFACES; i++) {
-		const struct libusb_interface_descriptor *alt =
-		    &cfg->interface[i].altsetting[0];
-
-		ifs[n].bInterfaceClass = alt->bInterfaceClass;
-		ifs[n].bInterfaceSubClass = alt->bInterfaceSubClass;
-		ifs[n].bInterfaceProtocol = alt->bInterfaceProtocol;
-		ifs[n].padding = 0;
-		n++;
-	}
-	rec->bNumInterfaces = (uint8_t)n;
-	libusb_free_config_descriptor(cfg);
-	return n;
+	read_sysfs_attr(name, attr, buf, sizeof(buf));
+	return strtoul(buf, NULL, base);
 }
 
-static int is_hub(libusb_device *dev)
+/*
+ * "1-1.2" is a device; "usb1" is a root hub and "1-1.2:1.0" an interface.
+ * A busid from the network becomes part of a path: digits, '-', '.' only.
+ */
+static int is_device_name(const char *name)
 {
-	struct libusb_device_descriptor dd;
+	size_t len = strlen(name);
 
-	return libusb_get_device_descriptor(dev, &dd) != 0 ||
-	       dd.bDeviceClass == LIBUSB_CLASS_HUB;
+	return len > 0 && len < SYSFS_BUS_ID_SIZE && name[0] != '.' &&
+	       strchr(name, '-') && strspn(name, "0123456789-.") == len;
+}
+
+/*
+ * Fills the record the handshake sends, and the interface list that
+ * OP_REP_DEVLIST appends to it.  Returns the number of interfaces, or -1
+ * if there is no such device.
+ */
+static int describe_device(const char *busid, struct usbip_usb_device *rec,
+			   struct usbip_usb_interface *ifs)
+{
+	char path[PATH_MAX], real[PATH_MAX], speed[16], intf[64];
+	int i, n;
+
+	memset(rec, 0, sizeof(*rec));
+	snprintf(path, sizeof(path), "%s/%s", sysfs_usb, busid);
+	if (!is_device_name(busid) || !realpath(path, real))
+		return -1;
+	snprintf(rec->path, sizeof(rec->path), "%.*s", SYSFS_PATH_MAX - 1,
+		 real);
+	snprintf(rec->busid, sizeof(rec->busid), "%s", busid);
+	rec->busnum = (uint32_t)sysfs_number(busid, "busnum", 10);
+	rec->devnum = (uint32_t)sysfs_number(busid, "devnum", 10);
+	read_sysfs_attr(busid, "speed", speed, sizeof(speed));
+	rec->speed = speed_from_sysfs(speed);
+	rec->idVendor = (uint16_t)sysfs_number(busid, "idVendor", 16);
+	rec->idProduct = (uint16_t)sysfs_number(busid, "idProduct", 16);
+	rec->bcdDevice = (uint16_t)sysfs_number(busid, "bcdDevice", 16);
+	rec->bDeviceClass = (uint8_t)sysfs_number(busid, "bDeviceClass", 16);
+	rec->bDeviceSubClass =
+	    (uint8_t)sysfs_number(busid, "bDeviceSubClass", 16);
+	rec->bDeviceProtocol =
+	    (uint8_t)sysfs_number(busid, "bDeviceProtocol", 16);
+	rec->bConfigurationValue =
+	    (uint8_t)sysfs_number(busid, "bConfigurationValue", 10);
+	rec->bNumConfigurations =
+	    (uint8_t)sysfs_number(busid, "bNumConfigurations", 10);
+	n = (int)sysfs_number(busid, "bNumInterfaces", 10);
+	if (rec->bConfigurationValue == 0 || n > MAX_INTERFACES)
+		n = 0;		/* unconfigured: no interfaces to list */
+	rec->bNumInterfaces = (uint8_t)n;
+
+	/* Interfaces are named BUSID:CONFIG.NUMBER, as usbipd reads them. */
+	for (i = 0; i < n; i++) {
+		snprintf(intf, sizeof(intf), "%s:%u.%d", busid,
+			 rec->bConfigurationValue, i);
+		ifs[i].bInterfaceClass =
+		    (uint8_t)sysfs_number(intf, "bInterfaceClass", 16);
+		ifs[i].bInterfaceSubClass =
+		    (uint8_t)sysfs_number(intf, "bInterfaceSubClass", 16);
+		ifs[i].bInterfaceProtocol =
+		    (uint8_t)sysfs_number(intf, "bInterfaceProtocol", 16);
+		ifs[i].padding = 0;
+	}
+	return n;
 }
 
 /* The devices `serve` was told to share; with none named, all but hubs. */
 static char **offered;
 static int noffered;
 
-static int is_offered(libusb_device *dev, const char *busid)
+static int is_offered(const struct usbip_usb_device *rec)
 {
 	int i;
 
 	if (noffered == 0)
-		return !is_hub(dev);
+		return rec->bDeviceClass != LIBUSB_CLASS_HUB;
 	for (i = 0; i < noffered; i++)
-		if (strcmp(offered[i], busid) == 0)
+		if (strcmp(offered[i], rec->busid) == 0)
 			return 1;
 	return 0;
 }
 
-/* Calls fn for every shareable device; stops early when fn returns != 0. */
-static int for_each_device(int (*fn)(libusb_device *, const char *, void *),
-			   void *arg, int only_offered)
+typedef int device_fn(const struct usbip_usb_device *rec,
+		      const struct usbip_usb_interface *ifs, int nifs,
+		      void *arg);
+
+/*
+ * Calls fn for every device but hubs (every offered one, with only_offered)
+ * in busid order; stops early when fn returns non-zero.
+ */
+static int for_each_device(device_fn *fn, void *arg, int only_offered)
 {
-	libusb_device **list;
-	ssize_t n, i;
-	int rc = 0;
+	struct dirent **names;
+	int n = scandir(sysfs_usb, &names, NULL, versionsort), i, rc = 0;
 
-	if (!usb)
-		return 0;
-	n = libusb_get_device_list(usb, &list);
-	for (i = 0; i < n && rc == 0; i++) {
-		char busid[SYSFS_BUS_ID_SIZE];
+	if (n < 0)
+		return 0;	/* no USB in this kernel */
+	for (i = 0; i < n; i++) {
+		struct usbip_usb_device rec;
+		struct usbip_usb_interface ifs[MAX_INTERFACES];
+		int nifs;
 
-		if (device_busid(list[i], busid, sizeof(busid)) != 0)
-			continue;
-		if (only_offered ? !is_offered(list[i], busid) : is_hub(list[i]))
-			continue;
-		rc = fn(list[i], busid, arg);
+		if (rc == 0 && (nifs = describe_device(names[i]->d_name, &rec,
+						       ifs)) >= 0 &&
+		    (only_offered ? is_offered(&rec) :
+		     rec.bDeviceClass != LIBUSB_CLASS_HUB))
+			rc = fn(&rec, ifs, nifs, arg);
+		free(names[i]);
 	}
-	if (n >= 0)
-		libusb_free_device_list(list, 1);
+	free(names);
 	return rc;
 }
 
@@ -813,6 +831,7 @@ struct conn {
 	uint32_t devid;
 	uint8_t altsetting[MAX_INTERFACES];	/* by bInterfaceNumber */
 	uint8_t eptype[2][16];		/* [direction][ep]: libusb type */
+	int usbfs;			/* its /dev/bus/usb node */
 };
 
 static struct conn *conns;
@@ -1012,23 +1031,44 @@ static int give_back_interface(libusb_device_handle *h, int i)
 	return 0;
 }
 
-static int open_device(struct conn *c, libusb_device *dev)
+static void close_device(struct conn *c)
 {
-	int rc = libusb_open(dev, &c->handle);
+	libusb_close(c->handle);
+	c->handle = NULL;
+	close(c->usbfs);
+	c->usbfs = -1;
+}
 
+/* usbfs's node for the device, handed to libusb as an open descriptor. */
+static int open_device(struct conn *c, const struct usbip_usb_device *rec)
+{
+	char path[PATH_MAX];
+	int rc;
+
+	if (!usb)
+		return ST_DEV_ERR;
+	snprintf(path, sizeof(path), "%s/%03u/%03u", usbfs_dir, rec->busnum,
+		 rec->devnum);
+	c->usbfs = open(path, O_RDWR | O_CLOEXEC);
+	if (c->usbfs < 0) {
+		rc = errno;
+		warn("%s: cannot open %s (%s)", c->peer, c->busid, path);
+		return rc == EACCES || rc == EPERM ? ST_NA : ST_DEV_ERR;
+	}
+	rc = libusb_wrap_sys_device(usb, (intptr_t)c->usbfs, &c->handle);
 	if (rc != 0) {
 		warnx("%s: cannot open %s: %s", c->peer, c->busid,
 		      libusb_strerror(rc));
+		close(c->usbfs);
 		c->handle = NULL;
-		return rc == LIBUSB_ERROR_ACCESS ? ST_NA : ST_DEV_ERR;
+		return ST_DEV_ERR;
 	}
 	rc = for_each_interface(c->handle, take_interface);
 	if (rc != 0) {
 		warnx("%s: cannot claim %s: %s", c->peer, c->busid,
 		      libusb_strerror(rc));
 		for_each_interface(c->handle, give_back_interface);
-		libusb_close(c->handle);
-		c->handle = NULL;
+		close_device(c);
 		return ST_DEV_BUSY;
 	}
 	memset(c->altsetting, 0, sizeof(c->altsetting));
@@ -1045,8 +1085,7 @@ static void give_back_device(struct conn *c)
 {
 	libusb_reset_device(c->handle);
 	for_each_interface(c->handle, give_back_interface);
-	libusb_close(c->handle);
-	c->handle = NULL;
+	close_device(c);
 	debug(1, "%s: %s given back to its kernel driver", c->peer, c->busid);
 }
 
@@ -1068,21 +1107,20 @@ struct devlist {
 	uint32_t ndev;
 };
 
-static int append_device(libusb_device *dev, const char *busid, void *arg)
+static int append_device(const struct usbip_usb_device *rec,
+			 const struct usbip_usb_interface *ifs, int nifs,
+			 void *arg)
 {
 	struct devlist *dl = arg;
-	struct usbip_usb_device rec;
-	struct usbip_usb_interface ifs[MAX_INTERFACES];
-	int nifs = describe_device(dev, &rec, ifs), i;
 	uint8_t *p;
+	int i;
 
-	(void)busid;
 	p = realloc(dl->buf, dl->len + USBIP_DEVICE_SIZE +
 		    (size_t)nifs * USBIP_INTERFACE_SIZE);
 	if (!p)
 		err(1, "realloc");
 	dl->buf = p;
-	pack_device(p + dl->len, &rec);
+	pack_device(p + dl->len, rec);
 	dl->len += USBIP_DEVICE_SIZE;
 	for (i = 0; i < nifs; i++, dl->len += USBIP_INTERFACE_SIZE)
 		pack_interface(p + dl->len, &ifs[i]);
@@ -1106,27 +1144,11 @@ static void answer_devlist(struct conn *c)
 	end_after_replies(c, "device list sent");
 }
 
-struct import {
-	const char *busid;
-	libusb_device *dev;
-};
-
-static int match_busid(libusb_device *dev, const char *busid, void *arg)
-{
-	struct import *imp = arg;
-
-	if (strcmp(busid, imp->busid) != 0)
-		return 0;
-	imp->dev = libusb_ref_device(dev);
-	return 1;
-}
-
 static void answer_import(struct conn *c)
 {
 	uint8_t rep[OP_REP_IMPORT_SIZE];
 	struct usbip_usb_interface ifs[MAX_INTERFACES];
 	struct usbip_usb_device rec;
-	struct import imp = { .busid = (const char *)c->rxbuf };
 	uint32_t status;
 
 	if (memchr(c->rxbuf, '\0', SYSFS_BUS_ID_SIZE) == NULL) {
@@ -1134,13 +1156,12 @@ static void answer_import(struct conn *c)
 		return;
 	}
 	memcpy(c->busid, c->rxbuf, SYSFS_BUS_ID_SIZE);
-	for_each_device(match_busid, &imp, 1);
-	if (!imp.dev)
+	if (describe_device(c->busid, &rec, ifs) < 0 || !is_offered(&rec))
 		status = ST_NODEV;
 	else if (busid_in_use(c->busid))
 		status = ST_DEV_BUSY;
 	else
-		status = open_device(c, imp.dev);
+		status = open_device(c, &rec);
 
 	if (status != ST_OK) {
 		warnx("%s: import of %s refused: %s", c->peer, c->busid,
@@ -1149,7 +1170,6 @@ static void answer_import(struct conn *c)
 		queue_bytes(c, rep, OP_COMMON_SIZE);
 		end_after_replies(c, "import refused");
 	} else {
-		describe_device(imp.dev, &rec, ifs);
 		c->devid = rec.busnum << 16 | rec.devnum;
 		pack_op_common(rep, OP_REP_IMPORT, ST_OK);
 		pack_device(rep + OP_COMMON_SIZE, &rec);
@@ -1160,8 +1180,6 @@ static void answer_import(struct conn *c)
 		c->deadline_ms = 0;	/* URB phase: idle is normal now */
 		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
 	}
-	if (imp.dev)
-		libusb_unref_device(imp.dev);
 }
 
 static void on_op_common(struct conn *c)
@@ -1825,6 +1843,22 @@ static int expire_handshakes(void)
 	return next ? (int)(next - now) : -1;
 }
 
+/*
+ * libusb reports an unplugged device only through the transfers it fails.
+ * An idle session (a disk between commands) has none, yet vhci_hcd must
+ * hear of it: only a closed connection makes it remove the device.
+ */
+static void end_unplugged_sessions(void)
+{
+	struct conn *c;
+
+	for (c = conns; c; c = c->next)
+		if (c->fd >= 0 && c->handle &&
+		    libusb_kernel_driver_active(c->handle, 0) ==
+		    LIBUSB_ERROR_NO_DEVICE)
+			end_after_replies(c, "device unplugged");
+}
+
 /* Frees connections that are closed and have no transfer left in libusb. */
 static void reap_conns(void)
 {
@@ -1869,15 +1903,18 @@ static void catch_stop_signals(sigset_t *unblocked)
 /* Without USB, serve still runs: it offers nothing and says why once. */
 static void open_usb(void)
 {
-	int rc = libusb_init(&usb);
+	int rc;
 
+	/* Devices come from sysfs and our own usbfs descriptors (above). */
+	libusb_set_option(NULL, LIBUSB_OPTION_NO_DEVICE_DISCOVERY);
+	rc = libusb_init(&usb);
 	if (rc != 0) {
-		warnx("no USB on this machine (%s): offering no devices",
+		warnx("libusb cannot start (%s): offering no devices",
 		      libusb_strerror(rc));
 		usb = NULL;
-	} else if (access("/sys/bus/usb/devices", F_OK) != 0) {
-		warnx("no USB support in this kernel (no /sys/bus/usb): "
-		      "offering no devices");
+	} else if (access(sysfs_usb, F_OK) != 0) {
+		warnx("no USB support in this kernel (no %s): offering no "
+		      "devices", sysfs_usb);
 	}
 }
 
@@ -1974,6 +2011,8 @@ static int serve(const char *addr, const char *port)
 
 			libusb_handle_events_timeout_completed(usb, &zero,
 							       NULL);
+			if (usb_ready & (POLLERR | POLLHUP))
+				end_unplugged_sessions();
 			/* Completions queued replies: send them now. */
 			for (c = conns; c; c = c->next)
 				write_output(c);
@@ -2246,17 +2285,15 @@ static int cmd_detach(const char *arg)
 
 /* ---- the command line ------------------------------------------------ */
 
-static int print_local_device(libusb_device *dev, const char *busid,
+static int print_local_device(const struct usbip_usb_device *rec,
+			      const struct usbip_usb_interface *ifs, int nifs,
 			      void *arg)
 {
-	struct usbip_usb_device rec;
-	struct usbip_usb_interface ifs[MAX_INTERFACES];
 	char product[128];
-	int nifs = describe_device(dev, &rec, ifs);
 
 	(*(int *)arg)++;
-	read_sysfs_attr(busid, "product", product, sizeof(product));
-	print_device_line(&rec, ifs, nifs, product);
+	read_sysfs_attr(rec->busid, "product", product, sizeof(product));
+	print_device_line(rec, ifs, nifs, product);
 	return 0;
 }
 
@@ -2266,12 +2303,9 @@ static int cmd_list(const char *target)
 	int fd, n = 0;
 
 	if (!target) {
-		open_usb();
 		for_each_device(print_local_device, &n, 0);
 		if (n == 0)
 			printf("no shareable USB devices on this machine\n");
-		if (usb)
-			libusb_exit(usb);
 		return 0;
 	}
 	split_host_port(target, host, sizeof(host), service, sizeof(service));

@@ -731,26 +731,40 @@ static void test_split_host_port(void)
 	}
 }
 
-/* libusb numbers speeds differently from the kernel's wire values. */
-static void test_kernel_speed(void)
+/* sysfs gives speeds in Mbit/s; the wire wants enum usb_device_speed. */
+static void test_speed_from_sysfs(void)
 {
 	static const struct {
-		const char *name;
-		int libusb;
+		const char *mbps;
 		uint32_t wire;
 	} cases[] = {
-		{ "unknown", LIBUSB_SPEED_UNKNOWN, 0 },
-		{ "low", LIBUSB_SPEED_LOW, 1 },
-		{ "full", LIBUSB_SPEED_FULL, 2 },
-		{ "high", LIBUSB_SPEED_HIGH, 3 },
-		{ "super", LIBUSB_SPEED_SUPER, 5 },
-		{ "super-plus", LIBUSB_SPEED_SUPER_PLUS, 6 },
+		{ "1.5", 1 }, { "12", 2 }, { "480", 3 }, { "53.3-480", 4 },
+		{ "5000", 5 }, { "10000", 6 }, { "20000", 6 }, { "", 0 },
+		{ "42", 0 },
 	};
 	size_t i;
 
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-		check_num("kernel_speed", cases[i].name,
-			  kernel_speed(cases[i].libusb), cases[i].wire);
+		check_num("speed_from_sysfs", cases[i].mbps,
+			  speed_from_sysfs(cases[i].mbps), cases[i].wire);
+}
+
+/* A busid from the network becomes part of a sysfs path. */
+static void test_busid_names(void)
+{
+	static const struct {
+		const char *name;
+		int ok;
+	} cases[] = {
+		{ "1-1", 1 }, { "3-1.2.4", 1 }, { "usb1", 0 }, { "1-1:1.0", 0 },
+		{ "1-1/../..", 0 }, { "..-1", 0 }, { "", 0 }, { "11", 0 },
+		{ "1-1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1", 0 },	/* 33 bytes */
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		check_num("is_device_name", cases[i].name,
+			  is_device_name(cases[i].name), cases[i].ok);
 }
 
 int main(void)
@@ -767,7 +781,8 @@ int main(void)
 	test_setup_little_endian();
 	test_server_reactions();
 	test_split_host_port();
-	test_kernel_speed();
+	test_speed_from_sysfs();
+	test_busid_names();
 
 	printf("%d passed, %d failed\n", n_pass, n_fail);
 	return n_fail ? 1 : 0;
