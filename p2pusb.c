@@ -188,10 +188,11 @@ static void pack_ret_unlink(uint8_t *p, uint32_t seqnum, int32_t status)
 	put32(AT(p, usbip_header, u.ret_unlink.status), (uint32_t)status);
 }
 
-/* Decodes CMD_SUBMIT and CMD_UNLINK; other commands keep only the base. */
-static void unpack_cmd(const uint8_t *p, struct usbip_header *h)
+/* Decodes any of the four URB headers; unknown commands keep the base. */
+static void unpack_header(const uint8_t *p, struct usbip_header *h)
 {
-	struct usbip_header_cmd_submit *s = &h->u.cmd_submit;
+	struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	struct usbip_header_ret_submit *ret = &h->u.ret_submit;
 
 	memset(h, 0, sizeof(*h));
 	h->base.command = get32(AT(p, usbip_header, base.command));
@@ -200,21 +201,40 @@ static void unpack_cmd(const uint8_t *p, struct usbip_header *h)
 	h->base.direction = get32(AT(p, usbip_header, base.direction));
 	h->base.ep = get32(AT(p, usbip_header, base.ep));
 
-	if (h->base.command == USBIP_CMD_UNLINK) {
+	switch (h->base.command) {
+	case USBIP_CMD_SUBMIT:
+		cmd->transfer_flags =
+		    get32(AT(p, usbip_header, u.cmd_submit.transfer_flags));
+		cmd->transfer_buffer_length = (int32_t)get32(
+		    AT(p, usbip_header, u.cmd_submit.transfer_buffer_length));
+		cmd->start_frame = (int32_t)get32(
+		    AT(p, usbip_header, u.cmd_submit.start_frame));
+		cmd->number_of_packets = (int32_t)get32(
+		    AT(p, usbip_header, u.cmd_submit.number_of_packets));
+		cmd->interval =
+		    (int32_t)get32(AT(p, usbip_header, u.cmd_submit.interval));
+		memcpy(cmd->setup, AT(p, usbip_header, u.cmd_submit.setup), 8);
+		break;
+	case USBIP_RET_SUBMIT:
+		ret->status =
+		    (int32_t)get32(AT(p, usbip_header, u.ret_submit.status));
+		ret->actual_length = (int32_t)get32(
+		    AT(p, usbip_header, u.ret_submit.actual_length));
+		ret->start_frame = (int32_t)get32(
+		    AT(p, usbip_header, u.ret_submit.start_frame));
+		ret->number_of_packets = (int32_t)get32(
+		    AT(p, usbip_header, u.ret_submit.number_of_packets));
+		ret->error_count = (int32_t)get32(
+		    AT(p, usbip_header, u.ret_submit.error_count));
+		break;
+	case USBIP_CMD_UNLINK:
 		h->u.cmd_unlink.seqnum =
 		    get32(AT(p, usbip_header, u.cmd_unlink.seqnum));
-	} else if (h->base.command == USBIP_CMD_SUBMIT) {
-		s->transfer_flags =
-		    get32(AT(p, usbip_header, u.cmd_submit.transfer_flags));
-		s->transfer_buffer_length = (int32_t)get32(
-		    AT(p, usbip_header, u.cmd_submit.transfer_buffer_length));
-		s->start_frame = (int32_t)get32(
-		    AT(p, usbip_header, u.cmd_submit.start_frame));
-		s->number_of_packets = (int32_t)get32(
-		    AT(p, usbip_header, u.cmd_submit.number_of_packets));
-		s->interval =
-		    (int32_t)get32(AT(p, usbip_header, u.cmd_submit.interval));
-		memcpy(s->setup, AT(p, usbip_header, u.cmd_submit.setup), 8);
+		break;
+	case USBIP_RET_UNLINK:
+		h->u.ret_unlink.status =
+		    (int32_t)get32(AT(p, usbip_header, u.ret_unlink.status));
+		break;
 	}
 }
 
@@ -236,6 +256,152 @@ static void unpack_iso_desc(const uint8_t *p,
 	d->actual_length =
 	    get32(AT(p, usbip_iso_packet_descriptor, actual_length));
 	d->status = get32(AT(p, usbip_iso_packet_descriptor, status));
+}
+
+/* ---- the URB trace (-vv): the stream decoded for people ------------- */
+
+static const char *status_name(int32_t status)
+{
+	static char other[24];
+
+	switch (-status) {
+	case 0:
+		return "ok";
+	case EPIPE:
+		return "EPIPE (stall)";
+	case ECONNRESET:
+		return "ECONNRESET (unlinked)";
+	case ENOENT:
+		return "ENOENT";
+	case ESHUTDOWN:
+		return "ESHUTDOWN (device gone)";
+	case ENODEV:
+		return "ENODEV";
+	case ETIMEDOUT:
+		return "ETIMEDOUT";
+	case EOVERFLOW:
+		return "EOVERFLOW (babble)";
+	case EPROTO:
+		return "EPROTO";
+	case EREMOTEIO:
+		return "EREMOTEIO (short)";
+	case EINVAL:
+		return "EINVAL";
+	case ENOMEM:
+		return "ENOMEM";
+	case EXDEV:
+		return "EXDEV (iso partial)";
+	default:
+		snprintf(other, sizeof(other), "errno %d", -status);
+		return other;
+	}
+}
+
+static const char *transfer_type_name(int type)
+{
+	switch (type) {
+	case LIBUSB_TRANSFER_TYPE_CONTROL:
+		return "control";
+	case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
+		return "iso";
+	case LIBUSB_TRANSFER_TYPE_BULK:
+		return "bulk";
+	case LIBUSB_TRANSFER_TYPE_INTERRUPT:
+		return "interrupt";
+	default:
+		return "";
+	}
+}
+
+/* Standard requests by name; class and vendor requests shown raw. */
+static void describe_setup(const uint8_t *s, char *buf, size_t len)
+{
+	static const char *requests[] = {
+		"GET_STATUS", "CLEAR_FEATURE", "?", "SET_FEATURE", "?",
+		"SET_ADDRESS", "GET_DESCRIPTOR", "SET_DESCRIPTOR",
+		"GET_CONFIGURATION", "SET_CONFIGURATION", "GET_INTERFACE",
+		"SET_INTERFACE", "SYNCH_FRAME",
+	};
+	static const char *descriptors[] = {
+		"?", "DEVICE", "CONFIGURATION", "STRING", "INTERFACE",
+		"ENDPOINT", "DEVICE_QUALIFIER", "OTHER_SPEED_CONFIGURATION",
+	};
+	uint8_t type = s[0], req = s[1];
+	unsigned value = (unsigned)(s[2] | s[3] << 8);
+	unsigned index = (unsigned)(s[4] | s[5] << 8);
+	unsigned length = (unsigned)(s[6] | s[7] << 8);
+
+	if ((type & 0x60) != 0 || req >= sizeof(requests) / sizeof(*requests)) {
+		snprintf(buf, len, "%s request %02x %02x %04x %04x len %u",
+			 (type & 0x60) == 0x20 ? "class" :
+			 (type & 0x60) == 0x40 ? "vendor" : "other", type, req,
+			 value, index, length);
+	} else if (req == LIBUSB_REQUEST_GET_DESCRIPTOR) {
+		unsigned dt = value >> 8;
+
+		if (dt == LIBUSB_DT_STRING)
+			snprintf(buf, len, "GET_DESCRIPTOR(STRING %u) len %u",
+				 value & 0xff, length);
+		else if (dt < sizeof(descriptors) / sizeof(*descriptors))
+			snprintf(buf, len, "GET_DESCRIPTOR(%s) len %u",
+				 descriptors[dt], length);
+		else
+			snprintf(buf, len, "GET_DESCRIPTOR(0x%02x) len %u", dt,
+				 length);
+	} else if (req == LIBUSB_REQUEST_SET_INTERFACE) {
+		snprintf(buf, len, "SET_INTERFACE %u alt %u", index, value);
+	} else if (req == LIBUSB_REQUEST_SET_CONFIGURATION) {
+		snprintf(buf, len, "SET_CONFIGURATION %u", value);
+	} else if ((req == LIBUSB_REQUEST_CLEAR_FEATURE ||
+		    req == LIBUSB_REQUEST_SET_FEATURE) &&
+		   (type & 0x1f) == LIBUSB_RECIPIENT_ENDPOINT && value == 0) {
+		snprintf(buf, len, "%s(ENDPOINT_HALT) ep %02x", requests[req],
+			 index);
+	} else {
+		snprintf(buf, len, "%s %04x %04x len %u", requests[req], value,
+			 index, length);
+	}
+}
+
+/* TYPE is the endpoint's transfer type where the caller knows it, or -1. */
+static void trace_header(const char *who, const struct usbip_header *h,
+			 int type)
+{
+	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
+	char what[96] = "";
+
+	if (verbose < 2)
+		return;
+	switch (h->base.command) {
+	case USBIP_CMD_SUBMIT:
+		if (h->base.ep == 0)
+			describe_setup(cmd->setup, what, sizeof(what));
+		else if (cmd->number_of_packets > 0)
+			snprintf(what, sizeof(what), "%d packets",
+				 cmd->number_of_packets);
+		warnx("%s: seq %u > CMD_SUBMIT ep %u %s %s %s len %d", who,
+		      h->base.seqnum, h->base.ep,
+		      h->base.direction == USBIP_DIR_IN ? "in" : "out",
+		      transfer_type_name(h->base.ep == 0 ?
+					 LIBUSB_TRANSFER_TYPE_CONTROL : type),
+		      what, cmd->transfer_buffer_length);
+		break;
+	case USBIP_RET_SUBMIT:
+		warnx("%s: seq %u < RET_SUBMIT %s actual %d%s", who,
+		      h->base.seqnum, status_name(ret->status),
+		      ret->actual_length,
+		      ret->error_count > 0 ? " (iso errors)" : "");
+		break;
+	case USBIP_CMD_UNLINK:
+		warnx("%s: seq %u > CMD_UNLINK seq %u", who, h->base.seqnum,
+		      h->u.cmd_unlink.seqnum);
+		break;
+	case USBIP_RET_UNLINK:
+		warnx("%s: seq %u < RET_UNLINK %s", who, h->base.seqnum,
+		      status_name(h->u.ret_unlink.status));
+		break;
+	}
 }
 
 /* ---- the socket layer ----------------------------------------------- */
@@ -887,7 +1053,14 @@ static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
 
 	pack_ret_unlink(head, seqnum, status);
 	queue_bytes(c, head, sizeof(head));
-	debug(2, "%s: RET_UNLINK seq %u status %d", c->peer, seqnum, status);
+	if (verbose >= 2) {
+		struct usbip_header h = {
+			.base = { .command = USBIP_RET_UNLINK, .seqnum = seqnum },
+			.u.ret_unlink = { .status = status },
+		};
+
+		trace_header(c->peer, &h, -1);
+	}
 }
 
 static void free_urb(struct urb *u)
@@ -1306,8 +1479,15 @@ static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual)
 			u->iso, (size_t)cmd->number_of_packets *
 			USBIP_ISO_DESC_SIZE };
 	queue_msg(c, m);
-	debug(2, "%s: RET_SUBMIT seq %u status %d actual %d", c->peer,
-	      u->cmd.base.seqnum, status, actual);
+	if (verbose >= 2) {
+		struct usbip_header h = {
+			.base = { .command = USBIP_RET_SUBMIT,
+				  .seqnum = u->cmd.base.seqnum },
+			.u.ret_submit = ret,
+		};
+
+		trace_header(c->peer, &h, -1);
+	}
 }
 
 static void inflight_remove(struct conn *c, struct urb *u)
@@ -1545,9 +1725,7 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 		if (!u->iso)
 			err(1, "malloc");
 	}
-	debug(2, "%s: CMD_SUBMIT seq %u ep %u %s len %d", c->peer,
-	      h->base.seqnum, h->base.ep,
-	      h->base.direction ? "in" : "out", len);
+	trace_header(c->peer, h, c->eptype[h->base.direction][h->base.ep]);
 
 	c->rxurb = u;
 	if (h->base.direction == USBIP_DIR_OUT && len > 0)
@@ -1565,8 +1743,7 @@ static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
 	uint32_t victim = h->u.cmd_unlink.seqnum;
 	struct urb *u;
 
-	debug(2, "%s: CMD_UNLINK seq %u of seq %u", c->peer, h->base.seqnum,
-	      victim);
+	trace_header(c->peer, h, -1);
 	for (u = c->inflight; u; u = u->next) {
 		if (u->cmd.base.seqnum == victim && !u->unlinked) {
 			u->unlinked = 1;
@@ -1583,7 +1760,7 @@ static void on_header(struct conn *c)
 {
 	struct usbip_header h;
 
-	unpack_cmd(c->rxbuf, &h);
+	unpack_header(c->rxbuf, &h);
 	if (h.base.command != USBIP_CMD_SUBMIT &&
 	    h.base.command != USBIP_CMD_UNLINK) {
 		protocol_error(c, "unknown command %u", h.base.command);

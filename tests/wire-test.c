@@ -573,7 +573,7 @@ static void run_dec_case(const struct dec_case *c)
 	if (from_hex(c->hex, buf, sizeof(buf)) != USBIP_HEADER_SIZE)
 		errx(2, "%s: vector is not 48 bytes", c->name);
 	memset(&h, 0xa5, sizeof(h));
-	unpack_cmd(buf, &h);
+	unpack_header(buf, &h);
 	snprintf(name, sizeof(name), "%s.decode", c->name);
 	check_header(name, &h, &c->want);
 }
@@ -586,7 +586,7 @@ static void test_setup_little_endian(void)
 	const uint8_t *s = h.u.cmd_submit.setup;
 
 	from_hex(dec_cases[DEC_GET_DESCRIPTOR].hex, buf, sizeof(buf));
-	unpack_cmd(buf, &h);
+	unpack_header(buf, &h);
 	check_num("CMD_SUBMIT.setup", "bmRequestType", s[0], 0x80);
 	check_num("CMD_SUBMIT.setup", "bRequest", s[1], 0x06);
 	check_num("CMD_SUBMIT.setup", "wValue-le", s[2] | s[3] << 8, 0x0100);
