@@ -558,7 +558,9 @@ static int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
 	return error ? -1 : 0;
 }
 
-static int dial(const char *host, const char *port)
+/* Returns a connected socket, or -1 with the reason in WHY. */
+static int try_dial(const char *host, const char *port, char *why,
+		    size_t whylen)
 {
 	struct addrinfo hints = {
 		.ai_family = AF_UNSPEC,
@@ -568,8 +570,10 @@ static int dial(const char *host, const char *port)
 	int fd = -1, rc, saved = 0;
 
 	rc = getaddrinfo(host, port, &hints, &res);
-	if (rc != 0)
-		errx(1, "%s: %s", host, gai_strerror(rc));
+	if (rc != 0) {
+		snprintf(why, whylen, "%s: %s", host, gai_strerror(rc));
+		return -1;
+	}
 	for (ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
 			    ai->ai_protocol);
@@ -584,8 +588,18 @@ static int dial(const char *host, const char *port)
 	}
 	freeaddrinfo(res);
 	if (fd < 0)
-		errx(1, "cannot connect to %s port %s: %s", host, port,
-		     strerror(saved));
+		snprintf(why, whylen, "cannot connect to %s port %s: %s", host,
+			 port, strerror(saved));
+	return fd;
+}
+
+static int dial(const char *host, const char *port)
+{
+	char why[512];
+	int fd = try_dial(host, port, why, sizeof(why));
+
+	if (fd < 0)
+		errx(1, "%s", why);
 	return fd;
 }
 
@@ -974,6 +988,7 @@ enum rx_state {
 struct conn {
 	struct conn *next;
 	int fd;				/* -1 once closed */
+	int wfd;			/* the same socket, or stdout (--stdio) */
 	char peer[80];
 	const char *end_reason;
 
@@ -1106,7 +1121,9 @@ static void close_conn(struct conn *c, const char *why)
 		      c->handle ? " for " : "", c->handle ? c->busid : "",
 		      c->end_reason ? c->end_reason : "done");
 	close(c->fd);
-	c->fd = -1;
+	if (c->wfd != c->fd)
+		close(c->wfd);
+	c->fd = c->wfd = -1;
 	c->rx = RX_NONE;
 	while (c->outq) {
 		struct msg *m = c->outq;
@@ -1848,7 +1865,7 @@ static void write_output(struct conn *c)
 {
 	while (c->fd >= 0 && c->outq) {
 		struct msg *m = c->outq;
-		ssize_t n = writev(c->fd, m->iov, m->iovcnt);
+		ssize_t n = writev(c->wfd, m->iov, m->iovcnt);
 		int i;
 
 		if (n < 0) {
@@ -1960,13 +1977,33 @@ static int is_allowed(const struct sockaddr *sa)
 	return 0;
 }
 
+/* A new client: it has HANDSHAKE_MS to send its whole request. */
+static void add_conn(int rfd, int wfd, const char *peer)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		err(1, "calloc");
+	c->fd = rfd;
+	c->wfd = wfd;
+	set_nonblocking(rfd);
+	set_nonblocking(wfd);
+	c->outtail = &c->outq;
+	snprintf(c->peer, sizeof(c->peer), "%s", peer);
+	expect(c, RX_OP_COMMON, c->rxbuf, OP_COMMON_SIZE);
+	c->deadline_ms = now_ms() + HANDSHAKE_MS;
+	c->next = conns;
+	conns = c;
+	nconns++;
+	debug(1, "%s: connected", c->peer);
+}
+
 static void accept_client(int lfd)
 {
 	static int said_full;
 	struct sockaddr_storage sa;
 	socklen_t len = sizeof(sa);
 	char peer[80];
-	struct conn *c;
 	int fd = accept4(lfd, (struct sockaddr *)&sa, &len,
 			 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
@@ -1987,19 +2024,8 @@ static void accept_client(int lfd)
 		return;
 	}
 	said_full = 0;
-	c = calloc(1, sizeof(*c));
-	if (!c)
-		err(1, "calloc");
-	c->fd = fd;
-	c->outtail = &c->outq;
-	memcpy(c->peer, peer, sizeof(c->peer));
 	set_tcp_options(fd);
-	expect(c, RX_OP_COMMON, c->rxbuf, OP_COMMON_SIZE);
-	c->deadline_ms = now_ms() + HANDSHAKE_MS;
-	c->next = conns;
-	conns = c;
-	nconns++;
-	debug(1, "%s: connected", c->peer);
+	add_conn(fd, fd, peer);
 }
 
 /* A client that connects and then says nothing must not hold a slot. */
@@ -2097,121 +2123,214 @@ static void open_usb(void)
 
 #define MAX_LISTENERS	8
 #define SHUTDOWN_MS	5000
+#define REDIAL_MAX_MS	30000
 
-static int serve(const char *addr, const char *port)
+/* How serve meets its clients. */
+struct serve_opts {
+	const char *addr, *port;	/* listen here (the default) */
+	const char *dial;		/* --connect HOST[:PORT]: dial out */
+	int stdio;			/* --stdio: one session, stdin/stdout */
+};
+
+struct server {
+	const struct serve_opts *o;
+	int lfd[MAX_LISTENERS], nlfd;
+	long long stop_by_ms;		/* stopping: give up waiting then */
+	long long redial_ms;		/* --connect: next attempt */
+	int backoff_ms;
+	struct pollfd *pfd;		/* this round's poll set: */
+	struct conn **pconn;		/*   the connection of each entry */
+	size_t n, cap, nusb;
+};
+
+static void pollset_add(struct server *sv, int fd, short events,
+			struct conn *c)
 {
-	int lfd[MAX_LISTENERS], nlfd, i;
-	struct pollfd *pfd = NULL;
-	struct conn **pconn = NULL;
-	size_t cap = 0;
+	if (sv->n == sv->cap) {
+		sv->cap = sv->cap ? sv->cap * 2 : 64;
+		sv->pfd = realloc(sv->pfd, sv->cap * sizeof(*sv->pfd));
+		sv->pconn = realloc(sv->pconn, sv->cap * sizeof(*sv->pconn));
+		if (!sv->pfd || !sv->pconn)
+			err(1, "realloc");
+	}
+	sv->pfd[sv->n] = (struct pollfd){ fd, events, 0 };
+	sv->pconn[sv->n++] = c;
+}
+
+/* Listeners first, then every client, then libusb's descriptors. */
+static void build_pollset(struct server *sv)
+{
+	const struct libusb_pollfd **ufds = usb ? libusb_get_pollfds(usb)
+						: NULL;
+	struct conn *c;
+	int i;
+
+	sv->n = 0;
+	for (i = 0; i < sv->nlfd; i++)
+		pollset_add(sv, sv->lfd[i], POLLIN, NULL);
+	for (c = conns; c; c = c->next) {
+		if (c->fd < 0)
+			continue;
+		if (c->wfd == c->fd) {
+			pollset_add(sv, c->fd, (short)((wants_input(c) ?
+				    POLLIN : 0) | (c->outq ? POLLOUT : 0)), c);
+			continue;
+		}
+		pollset_add(sv, c->fd, wants_input(c) ? POLLIN : 0, c);
+		if (c->outq)
+			pollset_add(sv, c->wfd, POLLOUT, c);
+	}
+	sv->nusb = 0;
+	for (i = 0; ufds && ufds[i]; i++, sv->nusb++)
+		pollset_add(sv, ufds[i]->fd, ufds[i]->events, NULL);
+	libusb_free_pollfds(ufds);
+}
+
+static void begin_stop(struct server *sv)
+{
+	struct conn *c;
+	int i;
+
+	warnx("stopping: ending every session");
+	for (i = 0; i < sv->nlfd; i++)
+		close(sv->lfd[i]);
+	sv->nlfd = 0;
+	for (c = conns; c; c = c->next)
+		close_conn(c, "server stopping");
+	sv->stop_by_ms = now_ms() + SHUTDOWN_MS;
+}
+
+/* --connect: the device side dials out, retrying with backoff. */
+static void redial(struct server *sv)
+{
+	char host[256], port[32], peer[300], why[512];
+	int fd;
+
+	if (conns || now_ms() < sv->redial_ms)
+		return;
+	split_host_port(sv->o->dial, host, sizeof(host), port, sizeof(port));
+	name_peer(host, port, peer, sizeof(peer));
+	fd = try_dial(host, port, why, sizeof(why));
+	if (fd >= 0) {
+		add_conn(fd, fd, peer);
+		sv->backoff_ms = 1000;
+		return;
+	}
+	warnx("%s; again in %d s", why, sv->backoff_ms / 1000);
+	sv->redial_ms = now_ms() + sv->backoff_ms;
+	sv->backoff_ms = sv->backoff_ms * 2 > REDIAL_MAX_MS ? REDIAL_MAX_MS :
+			 sv->backoff_ms * 2;
+}
+
+/* How long poll may sleep: -1 for as long as it takes. */
+static int next_wakeup_ms(struct server *sv)
+{
+	int wait_ms = expire_handshakes();
+	long long now = now_ms();
+
+	if (stop_requested)
+		return 100;
+	if (sv->o->dial && !conns) {
+		int redial_in = sv->redial_ms > now ?
+				(int)(sv->redial_ms - now) : 0;
+
+		if (wait_ms < 0 || redial_in < wait_ms)
+			wait_ms = redial_in;
+	}
+	return wait_ms;
+}
+
+static void dispatch(struct server *sv, int ready)
+{
+	size_t i, nsock = sv->n - sv->nusb;
+	short usb_events = 0;
+	struct conn *c;
+
+	for (i = nsock; i < sv->n; i++)
+		usb_events |= sv->pfd[i].revents;
+	if (usb) {
+		struct timeval zero = { 0, 0 };
+
+		libusb_handle_events_timeout_completed(usb, &zero, NULL);
+		if (usb_events & (POLLERR | POLLHUP))
+			end_unplugged_sessions();
+		/* Completions queued replies: send them now. */
+		for (c = conns; c; c = c->next)
+			write_output(c);
+	}
+	for (i = 0; ready > 0 && i < nsock; i++) {
+		short ev = sv->pfd[i].revents;
+
+		c = sv->pconn[i];
+		if (!ev)
+			continue;
+		if (!c) {
+			accept_client(sv->pfd[i].fd);
+			continue;
+		}
+		if (ev & (POLLOUT | POLLERR | POLLHUP))
+			write_output(c);
+		if (ev & (POLLIN | POLLERR | POLLHUP))
+			read_input(c);
+		if (c->fd >= 0)
+			write_output(c);
+	}
+}
+
+/* Whether the loop is over: stopped and drained, or the one session gone. */
+static int finished(struct server *sv)
+{
+	if (stop_requested && !conns)
+		return 1;
+	if (stop_requested && now_ms() > sv->stop_by_ms) {
+		warnx("transfers did not finish in time");
+		return 1;
+	}
+	return sv->o->stdio && !conns;
+}
+
+static int serve(const struct serve_opts *o)
+{
+	struct server sv = { .o = o, .backoff_ms = 1000 };
 	sigset_t unblocked;
-	struct timespec deadline = { 0, 0 };
+	int stopping = 0;
 
 	open_usb();
-	nlfd = listen_on(addr, port, lfd, MAX_LISTENERS);
 	catch_stop_signals(&unblocked);
-	warnx("serving on port %s", port);
+	if (o->stdio) {
+		add_conn(STDIN_FILENO, STDOUT_FILENO, "stdio");
+	} else if (!o->dial) {
+		sv.nlfd = listen_on(o->addr, o->port, sv.lfd, MAX_LISTENERS);
+		warnx("serving on port %s", o->port);
+	}
 
 	for (;;) {
-		const struct libusb_pollfd **ufds = usb ?
-		    libusb_get_pollfds(usb) : NULL;
-		struct timespec tv = { 0, 100 * 1000 * 1000 }, *timeout = NULL;
-		size_t n = 0, nconn = 0, nusb = 0, need;
-		struct conn *c;
-		int ready, usb_ready = 0, wait_ms = expire_handshakes();
+		struct timespec tv, *timeout = NULL;
+		int wait_ms, ready;
 
-		if (stop_requested && nlfd > 0) {
-			warnx("stopping: ending every session");
-			for (i = 0; i < nlfd; i++)
-				close(lfd[i]);
-			nlfd = 0;
-			for (c = conns; c; c = c->next)
-				close_conn(c, "server stopping");
-			clock_gettime(CLOCK_MONOTONIC, &deadline);
-			deadline.tv_sec += SHUTDOWN_MS / 1000;
+		if (stop_requested && !stopping) {
+			begin_stop(&sv);
+			stopping = 1;
 		}
 		reap_conns();
-		if (stop_requested && !conns) {
-			libusb_free_pollfds(ufds);
+		if (finished(&sv))
 			break;
-		}
-		if (stop_requested) {
-			struct timespec now;
-
-			clock_gettime(CLOCK_MONOTONIC, &now);
-			if (now.tv_sec > deadline.tv_sec) {
-				warnx("transfers did not finish in time");
-				libusb_free_pollfds(ufds);
-				break;
-			}
-			timeout = &tv;
-		} else if (wait_ms >= 0) {
+		if (o->dial && !stopping)
+			redial(&sv);
+		wait_ms = next_wakeup_ms(&sv);
+		if (wait_ms >= 0) {
 			tv.tv_sec = wait_ms / 1000;
 			tv.tv_nsec = wait_ms % 1000 * 1000000L;
 			timeout = &tv;
 		}
-
-		for (c = conns; c; c = c->next)
-			nconn++;
-		while (ufds && ufds[nusb])
-			nusb++;
-		need = (size_t)nlfd + nconn + nusb;
-		if (need > cap) {
-			cap = need * 2;
-			pfd = realloc(pfd, cap * sizeof(*pfd));
-			pconn = realloc(pconn, cap * sizeof(*pconn));
-			if (!pfd || !pconn)
-				err(1, "realloc");
-		}
-		for (i = 0; i < nlfd; i++)
-			pfd[n++] = (struct pollfd){ lfd[i], POLLIN, 0 };
-		for (c = conns; c; c = c->next) {
-			if (c->fd < 0)
-				continue;
-			pconn[n] = c;
-			pfd[n++] = (struct pollfd){ c->fd,
-				(short)((wants_input(c) ? POLLIN : 0) |
-					(c->outq ? POLLOUT : 0)), 0 };
-		}
-		for (i = 0; (size_t)i < nusb; i++)
-			pfd[n + (size_t)i] = (struct pollfd){ ufds[i]->fd,
-						      ufds[i]->events, 0 };
-		libusb_free_pollfds(ufds);
-
-		ready = ppoll(pfd, n + nusb, timeout, &unblocked);
+		build_pollset(&sv);
+		ready = ppoll(sv.pfd, sv.n, timeout, &unblocked);
 		if (ready < 0 && errno != EINTR)
 			err(1, "poll");
-		for (i = 0; (size_t)i < nusb; i++)
-			usb_ready |= pfd[n + (size_t)i].revents;
-		if (usb && (usb_ready || timeout)) {
-			struct timeval zero = { 0, 0 };
-
-			libusb_handle_events_timeout_completed(usb, &zero,
-							       NULL);
-			if (usb_ready & (POLLERR | POLLHUP))
-				end_unplugged_sessions();
-			/* Completions queued replies: send them now. */
-			for (c = conns; c; c = c->next)
-				write_output(c);
-		}
-		for (i = 0; ready > 0 && (size_t)i < n; i++) {
-			if (!pfd[i].revents)
-				continue;
-			if (i < nlfd) {
-				accept_client(pfd[i].fd);
-				continue;
-			}
-			c = pconn[i];
-			if (pfd[i].revents & (POLLOUT | POLLERR | POLLHUP))
-				write_output(c);
-			if (pfd[i].revents & (POLLIN | POLLERR | POLLHUP))
-				read_input(c);
-			if (c->fd >= 0)
-				write_output(c);
-		}
+		dispatch(&sv, ready);
 	}
-	free(pfd);
-	free(pconn);
+	free(sv.pfd);
+	free(sv.pconn);
 	if (usb)
 		libusb_exit(usb);
 	return 0;
@@ -2515,9 +2634,11 @@ static int cmd_serve(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "allow", required_argument, NULL, 'A' },
 		{ "max-length", required_argument, NULL, 'm' },
+		{ "connect", required_argument, NULL, 'c' },
+		{ "stdio", no_argument, NULL, 's' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *addr = NULL, *port = USBIP_PORT;
+	struct serve_opts o = { .port = USBIP_PORT };
 	char *end;
 	long n;
 	int ch;
@@ -2527,10 +2648,16 @@ static int cmd_serve(int argc, char **argv)
 				 NULL)) != -1) {
 		switch (ch) {
 		case 'a':
-			addr = optarg;
+			o.addr = optarg;
 			break;
 		case 'p':
-			port = optarg;
+			o.port = optarg;
+			break;
+		case 'c':
+			o.dial = optarg;
+			break;
+		case 's':
+			o.stdio = 1;
 			break;
 		case 'A':
 			parse_allow(optarg);
@@ -2553,7 +2680,9 @@ static int cmd_serve(int argc, char **argv)
 	}
 	offered = argv + optind;
 	noffered = argc - optind;
-	return serve(addr, port);
+	if (o.stdio && (o.dial || noffered != 1))
+		errx(1, "serve --stdio takes exactly one BUSID and no --connect");
+	return serve(&o);
 }
 
 int main(int argc, char **argv)
