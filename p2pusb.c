@@ -44,6 +44,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -632,7 +633,7 @@ static void write_all(int fd, const void *buf, size_t len, const char *peer)
 	const uint8_t *p = buf;
 
 	while (len > 0) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		ssize_t n = write(fd, p, len);	/* a pipe with --via */
 
 		if (n < 0 && errno != EINTR)
 			err(1, "%s: write", peer);
@@ -864,22 +865,22 @@ static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
 
 /* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
  * the socket for vhci_hcd to misread as a RET_SUBMIT. */
-static void request_import(int fd, const char *busid, const char *peer,
-			   struct usbip_usb_device *rec)
+static void request_import(int rfd, int wfd, const char *busid,
+			   const char *peer, struct usbip_usb_device *rec)
 {
 	uint8_t req[OP_REQ_IMPORT_SIZE], rep[OP_REP_IMPORT_SIZE];
 	struct op_common op;
 
 	pack_import_request(req, busid);
-	write_all(fd, req, sizeof(req), peer);
-	read_exact(fd, rep, OP_COMMON_SIZE, peer);
+	write_all(wfd, req, sizeof(req), peer);
+	read_exact(rfd, rep, OP_COMMON_SIZE, peer);
 	check_op_reply(rep, OP_REP_IMPORT, peer, &op);
 	if (op.status == ST_NODEV)
 		errx(1, "busid %s not offered by %s", busid, peer);
 	if (op.status != ST_OK)
 		errx(1, "%s refused busid %s: %s", peer, busid,
 		     op_status_name(op.status));
-	read_exact(fd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer);
+	read_exact(rfd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer);
 	unpack_device(rep + OP_COMMON_SIZE, rec);
 	if (strncmp(rec->busid, busid, SYSFS_BUS_ID_SIZE) != 0)
 		errx(1, "%s answered for busid %s, not %s", peer, rec->busid,
@@ -2491,26 +2492,387 @@ static int attach_to_vhci(const char *dir, int fd,
 	     "super-speed" : "high-speed");
 }
 
-static int cmd_attach(const char *target, const char *busid)
-{
-	char host[256], service[32], peer[300], dir[PATH_MAX];
-	struct usbip_usb_device rec;
-	int fd, port;
+/* Where the imported device comes from: a socket, or --via's pipes. */
+struct link {
+	int rfd, wfd;
+	pid_t child;			/* --via's command */
+	char host[256], service[32], peer[300];
+};
 
-	if (strlen(busid) >= SYSFS_BUS_ID_SIZE)
-		errx(1, "busid %s is too long", busid);
-	find_vhci(dir, sizeof(dir));
-	split_host_port(target, host, sizeof(host), service, sizeof(service));
-	name_peer(host, service, peer, sizeof(peer));
-	fd = dial(host, service);
-	request_import(fd, busid, peer, &rec);
-	port = attach_to_vhci(dir, fd, &rec);
-	/* The kernel holds its own reference to the socket now. */
-	close(fd);
-	write_record(port, host, service, busid);
-	debug(1, "attached %s from %s (%04x:%04x, %s speed)", busid, peer,
-	      rec.idVendor, rec.idProduct, speed_name(rec.speed));
+struct attach_opts {
+	const char *target;		/* HOST[:PORT] */
+	const char *listen;		/* --listen [ADDR:]PORT */
+	const char *via;		/* --via COMMAND */
+	int persist;
+	const char *busid;
+};
+
+/* --listen: the device side dials us (it is behind NAT, say). */
+static void accept_one(const char *where, struct link *l)
+{
+	char addr[256], port[32];
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+	int lfd[MAX_LISTENERS], n, i, fd = -1;
+	struct pollfd pfd[MAX_LISTENERS];
+
+	/* "PORT" or "ADDR:PORT": a lone number is a port here. */
+	if (strspn(where, "0123456789") == strlen(where))
+		snprintf(addr, sizeof(addr), "*:%s", where);
+	else
+		snprintf(addr, sizeof(addr), "%s", where);
+	split_host_port(addr, l->host, sizeof(l->host), port, sizeof(port));
+	n = listen_on(strcmp(l->host, "*") ? l->host : NULL, port, lfd,
+		      MAX_LISTENERS);
+	for (i = 0; i < n; i++)
+		pfd[i] = (struct pollfd){ lfd[i], POLLIN, 0 };
+	debug(1, "waiting for a server to dial port %s", port);
+	while (fd < 0) {
+		if (poll(pfd, (nfds_t)n, -1) < 0 && errno != EINTR)
+			err(1, "poll");
+		for (i = 0; i < n && fd < 0; i++)
+			if (pfd[i].revents)
+				fd = accept4(lfd[i], (struct sockaddr *)&sa,
+					     &len, SOCK_CLOEXEC);
+	}
+	for (i = 0; i < n; i++)
+		close(lfd[i]);
+	set_blocking(fd);
+	set_tcp_options(fd);
+	format_peer((struct sockaddr *)&sa, l->peer, sizeof(l->peer));
+	/* The record names the peer the way `usbip port` prints it. */
+	split_host_port(l->peer, l->host, sizeof(l->host), l->service,
+			sizeof(l->service));
+	l->rfd = l->wfd = fd;
+}
+
+/* --via: run COMMAND with its stdin and stdout as our two pipes. */
+static void spawn_via(const char *command, struct link *l)
+{
+	int in[2], out[2];
+
+	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0)
+		err(1, "pipe");
+	l->child = fork();
+	if (l->child < 0)
+		err(1, "fork");
+	if (l->child == 0) {
+		dup2(in[0], STDIN_FILENO);
+		dup2(out[1], STDOUT_FILENO);
+		execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+		err(127, "/bin/sh");
+	}
+	close(in[0]);
+	close(out[1]);
+	l->wfd = in[1];
+	l->rfd = out[0];
+	snprintf(l->peer, sizeof(l->peer), "'%s'", command);
+	snprintf(l->host, sizeof(l->host), "via");
+	snprintf(l->service, sizeof(l->service), "relay");
+}
+
+static void open_link(const struct attach_opts *o, struct link *l)
+{
+	memset(l, 0, sizeof(*l));
+	if (o->via) {
+		spawn_via(o->via, l);
+	} else if (o->listen) {
+		accept_one(o->listen, l);
+	} else {
+		split_host_port(o->target, l->host, sizeof(l->host),
+				l->service, sizeof(l->service));
+		name_peer(l->host, l->service, l->peer, sizeof(l->peer));
+		l->rfd = l->wfd = dial(l->host, l->service);
+	}
+}
+
+/* ---- the --via relay: vhci_hcd's socket <-> the command's pipes ------ */
+
+/*
+ * vhci_hcd must be given a socket, so with --via it gets one end of a
+ * socketpair and we copy bytes between the other end and the pipes.  The
+ * copy reads the framing as it passes: that is what -vv prints, and a
+ * stream that stops making sense ends the session instead of confusing
+ * the kernel.
+ */
+struct pending {			/* a CMD_SUBMIT awaiting its RET_SUBMIT */
+	uint32_t seqnum, direction;
+};
+
+struct framer {
+	const char *who;
+	uint8_t head[USBIP_HEADER_SIZE];
+	size_t have;			/* header bytes so far */
+	uint64_t skip;			/* payload bytes still to pass */
+};
+
+static struct pending *pending;
+static size_t npending, pending_cap;
+
+static void remember_submit(uint32_t seqnum, uint32_t direction)
+{
+	if (npending == pending_cap) {
+		pending_cap = pending_cap ? pending_cap * 2 : 64;
+		pending = realloc(pending, pending_cap * sizeof(*pending));
+		if (!pending)
+			err(1, "realloc");
+	}
+	pending[npending++] = (struct pending){ seqnum, direction };
+}
+
+/* The direction of the CMD_SUBMIT a RET_SUBMIT answers (RET_* carry 0). */
+static int take_direction(uint32_t seqnum)
+{
+	size_t i;
+
+	for (i = 0; i < npending; i++) {
+		if (pending[i].seqnum == seqnum) {
+			int dir = (int)pending[i].direction;
+
+			pending[i] = pending[--npending];
+			return dir;
+		}
+	}
+	return -1;
+}
+
+/* How many bytes follow a header; -1 if the header makes no sense. */
+static int64_t payload_after(const struct usbip_header *h)
+{
+	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
+	int64_t iso;
+	int dir;
+
+	switch (h->base.command) {
+	case USBIP_CMD_SUBMIT:
+		if (cmd->transfer_buffer_length < 0)
+			return -1;
+		remember_submit(h->base.seqnum, h->base.direction);
+		iso = cmd->number_of_packets > 0 ?
+		      (int64_t)cmd->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
+		return (h->base.direction == USBIP_DIR_OUT ?
+			cmd->transfer_buffer_length : 0) + iso;
+	case USBIP_RET_SUBMIT:
+		dir = take_direction(h->base.seqnum);
+		if (dir < 0 || ret->actual_length < 0)
+			return -1;
+		iso = ret->number_of_packets > 0 ?
+		      (int64_t)ret->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
+		return (dir == USBIP_DIR_IN ? ret->actual_length : 0) + iso;
+	case USBIP_CMD_UNLINK:
+	case USBIP_RET_UNLINK:
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+/* Follows the framing of N bytes passing through; 0 while it makes sense. */
+static int frame(struct framer *f, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		size_t step;
+
+		if (f->skip > 0) {
+			step = n < f->skip ? n : (size_t)f->skip;
+			f->skip -= step;
+		} else {
+			struct usbip_header h;
+			int64_t more;
+
+			step = USBIP_HEADER_SIZE - f->have;
+			step = n < step ? n : step;
+			memcpy(f->head + f->have, p, step);
+			f->have += step;
+			if (f->have == USBIP_HEADER_SIZE) {
+				f->have = 0;
+				unpack_header(f->head, &h);
+				trace_header(f->who, &h, -1);
+				more = payload_after(&h);
+				if (more < 0) {
+					warnx("%s: broken stream at seq %u "
+					      "(command %u)", f->who,
+					      h.base.seqnum, h.base.command);
+					return -1;
+				}
+				f->skip = (uint64_t)more;
+			}
+		}
+		p += step;
+		n -= step;
+	}
+	return 0;
+}
+
+/* Copies what FROM has into TO; returns 0 on EOF or error. */
+static int pump(int from, int to, struct framer *f)
+{
+	uint8_t buf[65536];
+	ssize_t n = read(from, buf, sizeof(buf));
+
+	if (n < 0 && errno == EINTR)
+		return 1;
+	if (n <= 0 || frame(f, buf, (size_t)n) != 0)
+		return 0;
+	if (write(to, buf, (size_t)n) == n)
+		return 1;
+	/* A short write on a blocking pipe or socket: finish it. */
+	return 0;
+}
+
+/* Returns 0 when vhci_hcd ended the session (detach), 1 otherwise. */
+static int relay(int vhci, const struct link *l)
+{
+	struct framer to_server = { .who = l->peer },
+		      to_vhci = { .who = l->peer };
+	struct pollfd pfd[2] = {
+		{ .fd = vhci, .events = POLLIN },
+		{ .fd = l->rfd, .events = POLLIN },
+	};
+
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR && !stop_requested)
+				continue;
+			return 1;
+		}
+		if (pfd[0].revents && !pump(vhci, l->wfd, &to_server))
+			return 0;
+		if (pfd[1].revents && !pump(l->rfd, vhci, &to_vhci)) {
+			warnx("%s closed the connection", l->peer);
+			return 1;
+		}
+	}
+}
+
+static void end_child(struct link *l)
+{
+	int i;
+
+	if (l->child <= 0)
+		return;
+	for (i = 0; i < 50 && waitpid(l->child, NULL, WNOHANG) == 0; i++)
+		usleep(100 * 1000);
+	if (i == 50) {
+		kill(l->child, SIGTERM);
+		waitpid(l->child, NULL, 0);
+	}
+	l->child = 0;
+}
+
+/*
+ * One import: link, handshake, hand over.  With --via the relay runs
+ * here until the session ends; otherwise the kernel keeps the socket and
+ * we return at once.  Prints the vhci port.
+ */
+static int attach_once(const struct attach_opts *o, const char *dir)
+{
+	struct usbip_usb_device rec;
+	struct link l;
+	int sv[2], port, rc = 0;
+
+	open_link(o, &l);
+	request_import(l.rfd, l.wfd, o->busid, l.peer, &rec);
+	if (!o->via) {
+		port = attach_to_vhci(dir, l.rfd, &rec);
+		/* The kernel holds its own reference to the socket now. */
+		close(l.rfd);
+	} else {
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+			err(1, "socketpair");
+		port = attach_to_vhci(dir, sv[1], &rec);
+		close(sv[1]);
+	}
+	write_record(port, l.host, l.service, o->busid);
+	debug(1, "attached %s from %s (%04x:%04x, %s speed)", o->busid,
+	      l.peer, rec.idVendor, rec.idProduct, speed_name(rec.speed));
 	printf("%d\n", port);
+	fflush(stdout);
+	if (o->via) {
+		rc = relay(sv[0], &l);
+		/* Closing our end is what makes vhci_hcd let the port go. */
+		close(sv[0]);
+		close(l.rfd);
+		close(l.wfd);
+		end_child(&l);
+		remove_record(port);
+		debug(1, "port %d: session over", port);
+	}
+	return rc;
+}
+
+static int port_in_use(const char *dir, int port)
+{
+	struct vhci_port ports[256];
+	int n = read_vhci_ports(dir, ports, 256), i;
+
+	for (i = 0; i < n; i++)
+		if (ports[i].port == port)
+			return ports[i].status != VHCI_STATE_FREE;
+	return 0;
+}
+
+/*
+ * --persist: every import runs in a child, so its one-line errors (err(3)
+ * style, exiting) stay simple; this loop watches the port the child
+ * printed and imports again, with backoff, when the connection drops.
+ */
+static int attach_persist(const struct attach_opts *o, const char *dir)
+{
+	int backoff = 1, port = -1;
+	sigset_t unblocked;
+
+	catch_stop_signals(&unblocked);
+	sigprocmask(SIG_SETMASK, &unblocked, NULL);
+	while (!stop_requested) {
+		int out[2], status;
+		char line[32] = "";
+		ssize_t n;
+		pid_t pid;
+
+		if (pipe(out) < 0)
+			err(1, "pipe");
+		pid = fork();
+		if (pid < 0)
+			err(1, "fork");
+		if (pid == 0) {
+			close(out[0]);
+			dup2(out[1], STDOUT_FILENO);
+			exit(attach_once(o, dir));
+		}
+		close(out[1]);
+		n = read(out[0], line, sizeof(line) - 1);
+		close(out[0]);
+		port = n > 0 ? atoi(line) : -1;
+		if (port >= 0) {
+			printf("%d\n", port);
+			fflush(stdout);
+			backoff = 1;
+		}
+		/* --via: the child is the relay; else watch the kernel's port. */
+		while (!o->via && port >= 0 && !stop_requested &&
+		       port_in_use(dir, port))
+			sleep(1);
+		if (stop_requested && !o->via && port >= 0 &&
+		    port_in_use(dir, port)) {
+			char arg[16];
+
+			snprintf(arg, sizeof(arg), "%d", port);
+			write_sysfs(dir, "detach", arg);
+			remove_record(port);
+		}
+		if (stop_requested)
+			kill(pid, SIGTERM);
+		waitpid(pid, &status, 0);
+		if (stop_requested)
+			break;
+		warnx("%s: connection to %s lost; importing again in %d s",
+		      o->busid, o->via ? o->via : o->listen ? o->listen :
+		      o->target, backoff);
+		sleep((unsigned)backoff);
+		backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+	}
 	return 0;
 }
 
@@ -2622,8 +2984,14 @@ static void usage(FILE *out)
 "                                 share devices (default: all but hubs,\n"
 "                                 port " USBIP_PORT ", every address, any\n"
 "                                 client, URBs up to 16 MiB)\n"
-"  attach HOST[:PORT] BUSID       import a device into vhci_hcd; prints\n"
-"                                 the vhci port\n"
+"  serve --connect HOST[:PORT] [BUSID...]\n"
+"                                 dial the client instead of listening\n"
+"  serve --stdio BUSID            one session on stdin/stdout (ssh)\n"
+"  attach [--persist] HOST[:PORT] BUSID\n"
+"  attach [--persist] --listen [ADDR:]PORT BUSID\n"
+"  attach [--persist] --via 'COMMAND' BUSID\n"
+"                                 import a device into vhci_hcd; prints\n"
+"                                 the vhci port (--via stays to relay)\n"
 "  port                           devices imported on this machine\n"
 "  detach PORT                    remove an imported device\n"
 "options: -v more log (twice: every URB), -h help, -V version\n");
@@ -2685,6 +3053,56 @@ static int cmd_serve(int argc, char **argv)
 	return serve(&o);
 }
 
+static int cmd_attach(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "listen", required_argument, NULL, 'l' },
+		{ "via", required_argument, NULL, 'x' },
+		{ "persist", no_argument, NULL, 'P' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct attach_opts o = { 0 };
+	char dir[PATH_MAX];
+	int ch;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "+v", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'l':
+			o.listen = optarg;
+			break;
+		case 'x':
+			o.via = optarg;
+			break;
+		case 'P':
+			o.persist = 1;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (o.listen || o.via) {
+		if (argc != 1 || (o.listen && o.via))
+			errx(1, "attach --listen or --via takes one BUSID");
+		o.busid = argv[0];
+	} else {
+		if (argc != 2)
+			errx(1, "attach needs HOST[:PORT] and BUSID");
+		o.target = argv[0];
+		o.busid = argv[1];
+	}
+	if (strlen(o.busid) >= SYSFS_BUS_ID_SIZE)
+		errx(1, "busid %s is too long", o.busid);
+	find_vhci(dir, sizeof(dir));
+	return o.persist ? attach_persist(&o, dir) : attach_once(&o, dir);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -2718,13 +3136,14 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 1;
 	}
+	signal(SIGPIPE, SIG_IGN);	/* a closed peer is an error, not a kill */
 	cmd = argv[0];
 	if (strcmp(cmd, "list") == 0 && argc <= 2)
 		return cmd_list(argc == 2 ? argv[1] : NULL);
 	if (strcmp(cmd, "serve") == 0)
 		return cmd_serve(argc, argv);
-	if (strcmp(cmd, "attach") == 0 && argc == 3)
-		return cmd_attach(argv[1], argv[2]);
+	if (strcmp(cmd, "attach") == 0)
+		return cmd_attach(argc, argv);
 	if (strcmp(cmd, "port") == 0 && argc == 1)
 		return cmd_port();
 	if (strcmp(cmd, "detach") == 0 && argc == 2)
