@@ -378,15 +378,18 @@ static void trace_header(const char *who, const struct usbip_header *h,
 	case USBIP_CMD_SUBMIT:
 		if (h->base.ep == 0)
 			describe_setup(cmd->setup, what, sizeof(what));
-		else if (cmd->number_of_packets > 0)
-			snprintf(what, sizeof(what), "%d packets",
-				 cmd->number_of_packets);
-		warnx("%s: seq %u > CMD_SUBMIT ep %u %s %s %s len %d", who,
+		else
+			snprintf(what, sizeof(what), "%s%slen %d",
+				 transfer_type_name(type),
+				 *transfer_type_name(type) ? " " : "",
+				 cmd->transfer_buffer_length);
+		if (cmd->number_of_packets > 0)
+			snprintf(what + strlen(what), sizeof(what) - strlen(what),
+				 " in %d packets", cmd->number_of_packets);
+		warnx("%s: seq %u > CMD_SUBMIT ep %u %s %s%s", who,
 		      h->base.seqnum, h->base.ep,
 		      h->base.direction == USBIP_DIR_IN ? "in" : "out",
-		      transfer_type_name(h->base.ep == 0 ?
-					 LIBUSB_TRANSFER_TYPE_CONTROL : type),
-		      what, cmd->transfer_buffer_length);
+		      h->base.ep == 0 ? "control " : "", what);
 		break;
 	case USBIP_RET_SUBMIT:
 		warnx("%s: seq %u < RET_SUBMIT %s actual %d%s", who,
@@ -408,6 +411,9 @@ static void trace_header(const char *who, const struct usbip_header *h,
 /* ---- the socket layer ----------------------------------------------- */
 
 #define IO_TIMEOUT_MS	10000	/* handshake replies; never on vhci's socket */
+#define VIA_TIMEOUT_MS	120000	/* --via: ssh may ask for a password first */
+
+static int io_timeout_ms = IO_TIMEOUT_MS;
 
 /* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no port. */
 static void split_host_port(const char *arg, char *host, size_t hostlen,
@@ -613,9 +619,9 @@ static void read_exact(int fd, void *buf, size_t len, const char *peer)
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		ssize_t n;
 
-		if (poll(&pfd, 1, IO_TIMEOUT_MS) == 0)
+		if (poll(&pfd, 1, io_timeout_ms) == 0)
 			errx(1, "%s: no answer within %d s", peer,
-			     IO_TIMEOUT_MS / 1000);
+			     io_timeout_ms / 1000);
 		n = read(fd, p, len);
 		if (n == 0)
 			errx(1, "%s closed the connection", peer);
@@ -2566,6 +2572,7 @@ static void spawn_via(const char *command, struct link *l)
 	close(out[1]);
 	l->wfd = in[1];
 	l->rfd = out[0];
+	io_timeout_ms = VIA_TIMEOUT_MS;
 	snprintf(l->peer, sizeof(l->peer), "'%s'", command);
 	snprintf(l->host, sizeof(l->host), "via");
 	snprintf(l->service, sizeof(l->service), "relay");

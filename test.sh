@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 
 PACKAGES="gcc make pkg-config libusb-1.0-0-dev clang valgrind
 	qemu-system-x86 linux-image-amd64 busybox-static kmod cpio
-	usbip usbutils alsa-utils sox"
+	usbip usbutils alsa-utils sox openssh-server openssh-client"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/p2pusb-test.XXXXXX")
 PORT=$((20000 + $$ % 20000))
 passed=0
@@ -26,13 +26,17 @@ cleanup() {
 trap cleanup EXIT
 
 install_missing() {
-	local missing=() p
+	local missing=() p policy=/usr/sbin/policy-rc.d
 	for p in $PACKAGES; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
 			grep -q "ok installed" || missing+=("$p")
 	done
 	[ ${#missing[@]} -eq 0 ] && return
 	echo "installing: ${missing[*]}"
+	# The tests start their own sshd on the VM's loopback; the package
+	# must not start one on this machine.
+	[ -e $policy ] || { printf '#!/bin/sh\nexit 101\n' >$policy &&
+		chmod +x $policy && trap "rm -f $policy" RETURN; }
 	apt-get update -q >/dev/null &&
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			--no-install-recommends "${missing[@]}" >/dev/null
@@ -242,6 +246,115 @@ audio_scenario() {
 			}'
 }
 
+# ---- cross: embedded boards (make CROSS=..., make static) ----
+
+# Foreign architectures come from Debian multiarch, added only when one is
+# missing; qemu-user runs the foreign binaries directly (no binfmt needed).
+# aarch64 and armhf are the usual boards, armhf also the 32-bit ABI, s390x
+# the big-endian one.  Installed on first use by the cross checks only.
+CROSS_PACKAGES="qemu-user-static
+	gcc-aarch64-linux-gnu libc6-dev-arm64-cross libusb-1.0-0-dev:arm64
+	gcc-arm-linux-gnueabihf libc6-dev-armhf-cross libusb-1.0-0-dev:armhf
+	gcc-s390x-linux-gnu libc6-dev-s390x-cross libusb-1.0-0-dev:s390x"
+CROSS_READY=
+
+install_cross() {
+	local missing=() p
+	[ -n "$CROSS_READY" ] && return 0
+	for p in $CROSS_PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+			grep -q "ok installed" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		for p in "${missing[@]}"; do
+			[[ $p == *:* ]] || continue
+			dpkg --print-foreign-architectures | grep -qx "${p#*:}" ||
+				dpkg --add-architecture "${p#*:}" || return 1
+		done
+		echo "installing: ${missing[*]}"
+		# One architecture's index failing (a mirror mid-sync) must not
+		# stop the rest: the install says whether what we need is there.
+		apt-get update -q || echo "apt-get update had errors; installing anyway"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends "${missing[@]}" || return 1
+	fi
+	CROSS_READY=1
+}
+
+# Both board builds with -Werror, they start under qemu-user, and the
+# stripped sizes (README's footprint table).
+cross_build() {
+	local b s
+	install_cross || return 1
+	make p2pusb && make -B CROSS=aarch64-linux-gnu- &&
+		make -B CROSS=arm-linux-gnueabihf- || return 1
+	qemu-aarch64-static ./p2pusb-aarch64 -V | grep "^p2pusb " &&
+		qemu-arm-static ./p2pusb-armhf -V | grep "^p2pusb " || return 1
+	s="measured: stripped size"
+	for b in :p2pusb aarch64-linux-gnu-:p2pusb-aarch64 \
+		arm-linux-gnueabihf-:p2pusb-armhf; do
+		"${b%%:*}strip" -o "$WORK/stripped" "${b#*:}" || return 1
+		s="$s, ${b#*:} $(($(stat -c %s "$WORK/stripped") / 1024)) KiB"
+	done
+	echo "$s"
+}
+
+# wire_cross TRIPLET QEMU: tests/wire-test.c for TRIPLET (UBSan included:
+# misaligned access traps too), run under qemu-user.
+wire_cross() {
+	local t=$1 qemu=$2 pc
+	install_cross || return 1
+	pc="env PKG_CONFIG_LIBDIR=/usr/lib/$t/pkgconfig:/usr/share/pkgconfig pkg-config"
+	"$t-gcc" -std=c11 -Wall -Wextra -Werror -g -O2 -fsanitize=undefined \
+		-fno-sanitize-recover=all -static-libubsan \
+		$($pc --cflags libusb-1.0) -o "$WORK/wire-test-$t" \
+		tests/wire-test.c $($pc --libs libusb-1.0) &&
+		"$qemu" "$WORK/wire-test-$t"
+}
+
+# cross_host_server CROSS ARCH QEMU: that build serving the native client
+# over a real socket (armhf: 32-bit, s390x: big-endian).
+cross_host_server() {
+	install_cross || return 1
+	make p2pusb && make CROSS="$1" || return 1
+	host_server "$3 ./p2pusb-$2"
+}
+
+# What an idle server holds (README's footprint table): VmRSS counts the
+# shared libc and libusb pages too, RssAnon only p2pusb's own.
+idle_footprint() {
+	local bin pid
+	make p2pusb && make static || return 1
+	for bin in p2pusb p2pusb-static; do
+		start_host_server "./$bin" || return 1
+		pid=$(pgrep -f "^./$bin serve -a 127.0.0.1 -p $PORT")
+		./p2pusb list 127.0.0.1:$PORT || return 1
+		echo "measured: idle $bin serve:" $(grep -E \
+			'^(VmHWM|VmRSS|RssAnon|RssFile)' "/proc/$pid/status")
+		stop_host_server
+	done
+}
+
+# make static must give a binary with no program interpreter, for this
+# machine and for a board.
+static_build() {
+	install_cross || return 1
+	make -B static && make -B static CROSS=arm-linux-gnueabihf- || return 1
+	if readelf -l p2pusb-static p2pusb-armhf-static | grep -q INTERP; then
+		echo "a static build is dynamically linked"
+		return 1
+	fi
+	./p2pusb-static -V && qemu-arm-static ./p2pusb-armhf-static -V || return 1
+	echo "measured: static size (not stripped)," \
+		"x86-64 $(($(stat -c %s p2pusb-static) / 1024)) KiB," \
+		"armhf $(($(stat -c %s p2pusb-armhf-static) / 1024)) KiB"
+}
+
+# The static binary, udev stubs and all, on both ends of a real session.
+static_vm() {
+	make static && vm_scenario p2pusb_both ./p2pusb-static
+}
+
 # ---- run ----
 
 install_missing || echo "warning: apt-get failed; testing with what is here"
@@ -265,6 +378,21 @@ check "vm 4: p2pusb <-> p2pusb (cdc-acm serial)" vm_scenario serial
 check "vm 5: isochronous audio into qemu's USB speaker" audio_scenario
 check "vm 6: two devices to two clients at once" vm_scenario two_devices
 check "vm 7: detach gives the device back; it imports again" vm_scenario give_back
+check "vm 8: serve --connect dials attach --listen" vm_scenario dial_in
+check "vm 9: attach --via a command (serve --stdio), traced by the relay" vm_scenario via_pipe
+check "vm 10: attach --via ssh through a real OpenSSH server" vm_scenario via_ssh
+check "vm 11: attach --persist re-imports after a server restart" vm_scenario persist
+check "vm 12: -vv traces a known session in decoded lines" vm_scenario trace
+
+check "cross: make CROSS=aarch64-linux-gnu- / arm-linux-gnueabihf- (-Werror), -V under qemu" cross_build
+check "cross: wire format on aarch64 (qemu-user)" wire_cross aarch64-linux-gnu qemu-aarch64-static
+check "cross: wire format on armhf, 32-bit (qemu-user)" wire_cross arm-linux-gnueabihf qemu-arm-static
+check "cross: wire format on s390x, big-endian (qemu-user)" wire_cross s390x-linux-gnu qemu-s390x-static
+check "cross: armhf server under qemu-user answers the native client" cross_host_server arm-linux-gnueabihf- armhf qemu-arm-static
+check "cross: s390x (big-endian) server under qemu-user answers the native client" cross_host_server s390x-linux-gnu- s390x qemu-s390x-static
+check "cross: footprint of an idle server (VmRSS, VmHWM)" idle_footprint
+check "cross: make static (x86-64, armhf) links with no interpreter" static_build
+check "cross: vm 3 with make static's binary on both ends (usb-storage)" static_vm
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

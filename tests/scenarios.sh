@@ -241,6 +241,145 @@ give_back() {
 	wait_gone g1
 }
 
+# ---- either side dials, USB over pipes and ssh, re-attach, traces ----
+
+# wait_port FILE [SECS]: the vhci port a backgrounded attach printed.
+wait_port() {
+	wait_for "[ -s $1 ]" "${2:-30}" || return 1
+	head -n1 "$1"
+}
+
+# The device side dials out (it is behind NAT); the client waits for it.
+dial_in() {
+	local port vb disk
+	storage_gadget g1
+	$P2PUSB attach --listen 127.0.0.1:3241 "$BUSID" >/tmp/port &
+	local attach=$!
+	wait_for_listen 3241 10
+	$P2PUSB -v serve --connect 127.0.0.1:3241 "$BUSID" 2>"$LOG/serve.log" &
+	SERVER_PID=$!
+	wait $attach || die "attach --listen failed"
+	port=$(cat /tmp/port)
+	vb=$(imported_busid g1)
+	disk=$(wait_for_disk "$vb" 30)
+	disk_check "$disk" "$IMAGE"
+	$P2PUSB detach "$port"
+	wait_gone g1
+	grep -q "again in" "$LOG/serve.log" ||
+		wait_for "grep -q 'again in' $LOG/serve.log" 10 ||
+		die "serve --connect did not redial after the session"
+}
+
+# --via with a plain command standing in for ssh.
+via_pipe() {
+	local port vb disk
+	storage_gadget g1
+	$P2PUSB -vv attach --via "$P2PUSB -v serve --stdio $BUSID" "$BUSID" \
+		>/tmp/port 2>"$LOG/relay.log" &
+	local relay=$!
+	port=$(wait_port /tmp/port)
+	vb=$(imported_busid g1)
+	disk=$(wait_for_disk "$vb" 30)
+	disk_check "$disk" "$IMAGE"
+	$P2PUSB detach "$port"
+	wait_gone g1
+	timeout 20 tail --pid=$relay -f /dev/null || die "relay did not end"
+	wait $relay || die "relay exited with an error"
+	grep -q "CMD_SUBMIT ep 0 in control GET_DESCRIPTOR(DEVICE) len 18" \
+		"$LOG/relay.log" || die "relay trace lacks GET_DESCRIPTOR"
+	echo "relay traced $(grep -c CMD_SUBMIT "$LOG/relay.log") URBs"
+	wait_for "[ \"\$(basename \$(readlink /sys/bus/usb/devices/$BUSID:1.0/driver))\" = usb-storage ]" 10 ||
+		die "device not given back after the --via session"
+}
+
+# --via through a real OpenSSH server on loopback, with a throwaway key.
+via_ssh() {
+	local port vb disk d=/tmp/ssh
+	storage_gadget g1
+	mkdir -p $d /run/sshd && chmod 700 $d
+	ssh-keygen -q -t ed25519 -N "" -f $d/host
+	ssh-keygen -q -t ed25519 -N "" -f $d/user
+	cp $d/user.pub $d/authorized_keys
+	cat >$d/sshd_config <<-EOF
+		Port 2222
+		ListenAddress 127.0.0.1
+		HostKey $d/host
+		AuthorizedKeysFile $d/authorized_keys
+		PermitRootLogin yes
+		UsePAM no
+		StrictModes no
+		PidFile $d/sshd.pid
+	EOF
+	/usr/sbin/sshd -f $d/sshd_config -E $LOG/sshd.log
+	wait_for_listen 2222 10
+	local ssh="ssh -i $d/user -p 2222 -o StrictHostKeyChecking=no
+		-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1"
+	$P2PUSB attach --via "$(echo $ssh) $PWD/$P2PUSB serve --stdio $BUSID" \
+		"$BUSID" >/tmp/port 2>"$LOG/relay.log" &
+	local relay=$!
+	# Key exchange under qemu's CPU emulation takes its time.
+	port=$(wait_port /tmp/port 120)
+	vb=$(imported_busid g1)
+	disk=$(wait_for_disk "$vb" 30)
+	disk_check "$disk" "$IMAGE"
+	$P2PUSB detach "$port"
+	wait_gone g1
+	timeout 20 tail --pid=$relay -f /dev/null || die "relay did not end"
+	kill "$(cat $d/sshd.pid)"
+	echo "the disk crossed OpenSSH intact"
+}
+
+# --persist: the server restarts mid-session; the device comes back.
+persist() {
+	local vb disk
+	storage_gadget g1
+	start_server "$BUSID"
+	$P2PUSB attach --persist 127.0.0.1 "$BUSID" >/tmp/ports \
+		2>"$LOG/persist.log" &
+	local keeper=$!
+	wait_port /tmp/ports >/dev/null
+	vb=$(imported_busid g1)
+	wait_for_disk "$vb" 30 >/dev/null
+	stop_server
+	wait_gone g1
+	echo "server stopped: the device left the client"
+	mv "$LOG/serve.log" "$LOG/serve-1.log"
+	start_server "$BUSID"
+	wait_for "[ \$(wc -l </tmp/ports) -ge 2 ]" 60 ||
+		die "no re-import after the server came back"
+	vb=$(imported_busid g1)
+	disk=$(wait_for_disk "$vb" 30)
+	disk_check "$disk" "$IMAGE"
+	grep "importing again" "$LOG/persist.log" | head -n 2
+	kill -TERM $keeper
+	timeout 20 tail --pid=$keeper -f /dev/null || die "--persist did not stop"
+	wait_gone g1
+	echo "--persist stopped and detached"
+}
+
+# -vv: the server's trace of a known session holds the expected lines.
+trace() {
+	local port vb
+	storage_gadget g1
+	$P2PUSB -vv serve -p $PORT "$BUSID" 2>"$LOG/serve.log" &
+	SERVER_PID=$!
+	wait_for_listen $PORT 10
+	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
+	vb=$(imported_busid g1)
+	wait_for_disk "$vb" 30 >/dev/null
+	$P2PUSB detach "$port"
+	wait_gone g1
+	local want
+	for want in "CMD_SUBMIT ep 0 in control GET_DESCRIPTOR(DEVICE) len 18" \
+		"CMD_SUBMIT ep 0 in control GET_DESCRIPTOR(CONFIGURATION) len 9" \
+		"CMD_SUBMIT ep 0 out control SET_CONFIGURATION 1" \
+		"CMD_SUBMIT ep 1 in bulk" "CMD_SUBMIT ep 2 out bulk len 31" \
+		"< RET_SUBMIT ok actual 18"; do
+		grep -qF "$want" "$LOG/serve.log" || die "trace lacks: $want"
+	done
+	grep -F "GET_DESCRIPTOR(CONFIGURATION)" "$LOG/serve.log" | head -n 2
+}
+
 scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}
 load_usb_modules 4 2>/dev/null
 "$scenario"
