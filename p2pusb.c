@@ -43,7 +43,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1664,7 +1663,8 @@ static void submit_urb(struct urb *u)
 			return;
 		libusb_fill_control_transfer(u->xfer, c->handle, u->buf,
 					     on_transfer_done, u, 0);
-		if (libusb_control_transfer_get_setup(u->xfer)->wLength > len)
+		if (libusb_le16_to_cpu(
+			libusb_control_transfer_get_setup(u->xfer)->wLength) > len)
 			status = -EINVAL;
 	} else {
 		switch (c->eptype[dir][ep]) {
@@ -1868,33 +1868,58 @@ static void read_input(struct conn *c)
 	}
 }
 
+/* Drops N written bytes from the front of the queue. */
+static void consume_output(struct conn *c, size_t n)
+{
+	c->outbytes -= n;
+	while (c->outq) {
+		struct msg *m = c->outq;
+		int i;
+
+		for (i = 0; i < m->iovcnt && n > 0; i++) {
+			size_t step = n < m->iov[i].iov_len ? n :
+				      m->iov[i].iov_len;
+
+			m->iov[i].iov_base = (uint8_t *)m->iov[i].iov_base + step;
+			m->iov[i].iov_len -= step;
+			n -= step;
+		}
+		if (m->iov[m->iovcnt - 1].iov_len > 0)
+			return;		/* partly written */
+		c->outq = m->next;
+		if (!c->outq)
+			c->outtail = &c->outq;
+		free_msg(m);
+	}
+}
+
+#define WRITE_IOVS	64
+
+/* Several replies per writev(): one syscall for a burst of completions. */
 static void write_output(struct conn *c)
 {
 	while (c->fd >= 0 && c->outq) {
-		struct msg *m = c->outq;
-		ssize_t n = writev(c->wfd, m->iov, m->iovcnt);
-		int i;
+		struct iovec iov[WRITE_IOVS];
+		struct msg *m;
+		int cnt = 0, i;
+		size_t tried = 0;
+		ssize_t n;
 
+		for (m = c->outq; m && cnt + 3 <= WRITE_IOVS; m = m->next)
+			for (i = 0; i < m->iovcnt; i++)
+				if (m->iov[i].iov_len > 0) {
+					tried += m->iov[i].iov_len;
+					iov[cnt++] = m->iov[i];
+				}
+		n = writev(c->wfd, iov, cnt);
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EINTR)
 				close_conn(c, strerror(errno));
 			return;
 		}
-		c->outbytes -= (size_t)n;
-		for (i = 0; i < m->iovcnt && n > 0; i++) {
-			size_t step = (size_t)n < m->iov[i].iov_len ?
-				      (size_t)n : m->iov[i].iov_len;
-
-			m->iov[i].iov_base = (uint8_t *)m->iov[i].iov_base + step;
-			m->iov[i].iov_len -= step;
-			n -= (ssize_t)step;
-		}
-		if (m->iov[m->iovcnt - 1].iov_len > 0)
+		consume_output(c, (size_t)n);
+		if ((size_t)n < tried)
 			return;	/* the socket is full: wait for POLLOUT */
-		c->outq = m->next;
-		if (!c->outq)
-			c->outtail = &c->outq;
-		free_msg(m);
 	}
 	if (c->fd >= 0 && !c->outq && c->rx == RX_NONE)
 		close_conn(c, NULL);
@@ -2110,6 +2135,25 @@ static void catch_stop_signals(sigset_t *unblocked)
 	sigprocmask(SIG_BLOCK, &block, unblocked);
 }
 
+/* libusb's descriptors change only as devices open and close. */
+static const struct libusb_pollfd **usb_fds;
+static int usb_fds_stale = 1;
+
+static void LIBUSB_CALL usb_fd_added(int fd, short events, void *arg)
+{
+	(void)fd;
+	(void)events;
+	(void)arg;
+	usb_fds_stale = 1;
+}
+
+static void LIBUSB_CALL usb_fd_removed(int fd, void *arg)
+{
+	(void)fd;
+	(void)arg;
+	usb_fds_stale = 1;
+}
+
 /* Without USB, serve still runs: it offers nothing and says why once. */
 static void open_usb(void)
 {
@@ -2122,7 +2166,10 @@ static void open_usb(void)
 		warnx("libusb cannot start (%s): offering no devices",
 		      libusb_strerror(rc));
 		usb = NULL;
-	} else if (access(sysfs_usb, F_OK) != 0) {
+		return;
+	}
+	libusb_set_pollfd_notifiers(usb, usb_fd_added, usb_fd_removed, NULL);
+	if (access(sysfs_usb, F_OK) != 0) {
 		warnx("no USB support in this kernel (no %s): offering no "
 		      "devices", sysfs_usb);
 	}
@@ -2167,10 +2214,16 @@ static void pollset_add(struct server *sv, int fd, short events,
 /* Listeners first, then every client, then libusb's descriptors. */
 static void build_pollset(struct server *sv)
 {
-	const struct libusb_pollfd **ufds = usb ? libusb_get_pollfds(usb)
-						: NULL;
+	const struct libusb_pollfd **ufds;
 	struct conn *c;
 	int i;
+
+	if (usb && usb_fds_stale) {
+		libusb_free_pollfds(usb_fds);
+		usb_fds = libusb_get_pollfds(usb);
+		usb_fds_stale = 0;
+	}
+	ufds = usb_fds;
 
 	sv->n = 0;
 	for (i = 0; i < sv->nlfd; i++)
@@ -2190,7 +2243,6 @@ static void build_pollset(struct server *sv)
 	sv->nusb = 0;
 	for (i = 0; ufds && ufds[i]; i++, sv->nusb++)
 		pollset_add(sv, ufds[i]->fd, ufds[i]->events, NULL);
-	libusb_free_pollfds(ufds);
 }
 
 static void begin_stop(struct server *sv)
@@ -2338,6 +2390,7 @@ static int serve(const struct serve_opts *o)
 	}
 	free(sv.pfd);
 	free(sv.pconn);
+	libusb_free_pollfds(usb_fds);
 	if (usb)
 		libusb_exit(usb);
 	return 0;
@@ -2363,6 +2416,7 @@ static void find_vhci(char *dir, size_t len)
 		"/sys/devices/platform/vhci_hcd.0",
 		"/sys/bus/platform/devices/vhci_hcd.0",
 		"/sys/devices/platform/*/vhci_hcd.0",
+		"/sys/devices/platform/vhci_hcd",	/* before 4.9 */
 	};
 	size_t i;
 
@@ -2397,14 +2451,28 @@ static int read_vhci_ports(const char *dir, struct vhci_port *ports, int max)
 		while (n < max && fgets(line, sizeof(line), fp)) {
 			struct vhci_port *p = &ports[n];
 
-			/* Kernels before 4.13 have no hub column. */
-			if (sscanf(line, "%2s %d %d %d %x %*u %31s", p->hub,
-				   &p->port, &p->status, &p->speed, &p->devid,
-				   p->local_busid) == 6 ||
-			    (sscanf(line, "%d %d %d %x %*u %31s", &p->port,
-				    &p->status, &p->speed, &p->devid,
-				    p->local_busid) == 5 &&
-			     snprintf(p->hub, sizeof(p->hub), "hs")))
+			const char *rest = line;
+
+			/*
+			 * "hs  0000 004 000 00000000 000000 0-0" since 4.13.
+			 * Before, no hub column (every port is high-speed) and
+			 * 4 port digits (3 before 4.9).  The socket column is a
+			 * hex kernel pointer before 4.15, and a free port shows
+			 * "000 000" for dev before 4.9: skip it as a word.
+			 */
+			if (strncmp(line, "hs ", 3) == 0 ||
+			    strncmp(line, "ss ", 3) == 0) {
+				memcpy(p->hub, line, 2);
+				p->hub[2] = '\0';
+				rest = line + 3;
+			} else if (isdigit((unsigned char)line[0])) {
+				strcpy(p->hub, "hs");
+			} else {
+				continue;	/* the header */
+			}
+			if (sscanf(rest, "%d %d %d %x %*s %31s", &p->port,
+				   &p->status, &p->speed, &p->devid,
+				   p->local_busid) == 5)
 				n++;
 		}
 		fclose(fp);
@@ -2426,19 +2494,6 @@ static int write_sysfs(const char *dir, const char *file, const char *text)
 		rc = -errno;
 	close(fd);
 	return rc;
-}
-
-/* vhci before Linux 6.12 refuses SUPER_PLUS; such a device runs as SUPER. */
-static uint32_t vhci_speed(uint32_t speed)
-{
-	struct utsname u;
-	int major = 0, minor = 0;
-
-	if (speed != USB_SPEED_SUPER_PLUS || uname(&u) != 0)
-		return speed;
-	sscanf(u.release, "%d.%d", &major, &minor);
-	return major > 6 || (major == 6 && minor >= 12) ? speed
-							: USB_SPEED_SUPER;
 }
 
 /* Same format as `usbip attach`, so `usbip port` and `usbip detach` work. */
@@ -2471,29 +2526,46 @@ static int attach_to_vhci(const char *dir, int fd,
 			  const struct usbip_usb_device *rec)
 {
 	struct vhci_port ports[256];
-	uint32_t speed = vhci_speed(rec->speed);
+	uint32_t speed = rec->speed;
 	const char *hub = speed >= USB_SPEED_SUPER ? "ss" : "hs";
 	uint32_t devid = rec->busnum << 16 | rec->devnum;
-	int n = read_vhci_ports(dir, ports, 256), i, rc;
+	int n = read_vhci_ports(dir, ports, 256), i, rc = 0, hub_seen = 0;
 	char line[64];
 
 	for (i = 0; i < n; i++) {
-		if (ports[i].status != VHCI_STATE_FREE ||
-		    strcmp(ports[i].hub, hub) != 0)
+		if (strcmp(ports[i].hub, hub) != 0)
+			continue;
+		hub_seen = 1;
+		if (ports[i].status != VHCI_STATE_FREE)
 			continue;
 		snprintf(line, sizeof(line), "%d %d %u %u", ports[i].port, fd,
 			 devid, speed);
 		rc = write_sysfs(dir, "attach", line);
+		if (rc == -EINVAL && speed == USB_SPEED_SUPER_PLUS) {
+			/* vhci before 6.12 knows no SuperSpeed+. */
+			speed = USB_SPEED_SUPER;
+			snprintf(line, sizeof(line), "%d %d %u %u",
+				 ports[i].port, fd, devid, speed);
+			rc = write_sysfs(dir, "attach", line);
+		}
 		if (rc == 0)
 			return ports[i].port;
-		if (rc == -EBUSY)
-			continue;	/* taken since we read the status */
+		/* Taken since we read the status: EBUSY, EINVAL on old kernels. */
+		if (rc == -EBUSY || rc == -EINVAL)
+			continue;
 		if (rc == -EACCES || rc == -EPERM)
 			errx(1, "%s/attach: permission denied (run as root)",
 			     dir);
 		errx(1, "vhci_hcd refused port %d: %s", ports[i].port,
 		     strerror(-rc));
 	}
+	if (!hub_seen && speed >= USB_SPEED_SUPER)
+		errx(1, "this kernel's vhci_hcd has no SuperSpeed ports "
+		     "(before Linux 4.13): cannot import a %s speed device",
+		     speed_name(rec->speed));
+	if (rc == -EINVAL)
+		errx(1, "vhci_hcd refused every free port: %s (see dmesg)",
+		     strerror(-rc));
 	errx(1, "no free %s vhci port", speed >= USB_SPEED_SUPER ?
 	     "super-speed" : "high-speed");
 }
