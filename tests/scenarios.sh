@@ -142,6 +142,9 @@ p2pusb_both() {
 	vb=$(imported_busid g1)
 	disk=$(wait_for_disk "$vb" 30)
 	disk_check "$disk" "$IMAGE"
+	# p2pusb's record is the kernel tools' own: usbip port reads it.
+	usbip port | grep -q "usbip://127.0.0.1:3240/$BUSID" ||
+		die "usbip port does not understand p2pusb's record"
 	$P2PUSB detach "$port"
 	wait_gone g1
 }
