@@ -101,3 +101,10 @@ clean-embedded:
 	rm -f p2pusb-*
 
 .PHONY: static clean-embedded
+
+# ---- fuzzing (tests/fuzz.c; test.sh builds and runs it) ----
+clean: clean-fuzz
+clean-fuzz:
+	rm -f tests/fuzz tests/fuzz-replay
+
+.PHONY: clean-fuzz

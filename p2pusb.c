@@ -287,6 +287,8 @@ static const char *status_name(int32_t status)
 		return "EREMOTEIO (short)";
 	case EINVAL:
 		return "EINVAL";
+	case EBUSY:
+		return "EBUSY";
 	case ENOMEM:
 		return "ENOMEM";
 	case EXDEV:
@@ -1563,19 +1565,30 @@ static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
 
 /* -- requests the server runs itself instead of passing them raw -- */
 
+static int release_interface(libusb_device_handle *h, int i)
+{
+	libusb_release_interface(h, i);
+	return 0;
+}
+
+/*
+ * usbfs changes configuration only with every interface released.  They
+ * are not given back to kernel drivers meanwhile (a driver would grab
+ * them and the change would fail): whatever configuration is active
+ * afterwards, new or unchanged, has its interfaces claimed again.
+ */
 static int set_configuration(struct conn *c, int value)
 {
-	int cur = -1, rc;
+	int cur = -1, rc, claimed;
 
 	if (libusb_get_configuration(c->handle, &cur) == 0 && cur == value)
 		return 0;
-	for_each_interface(c->handle, give_back_interface);
+	for_each_interface(c->handle, release_interface);
 	rc = libusb_set_configuration(c->handle, value);
-	if (rc == 0)
-		rc = for_each_interface(c->handle, take_interface);
+	claimed = for_each_interface(c->handle, take_interface);
 	memset(c->altsetting, 0, sizeof(c->altsetting));
 	learn_endpoints(c);
-	return rc;
+	return rc ? rc : claimed;
 }
 
 static int set_interface(struct conn *c, int intf, int alt)
@@ -2674,8 +2687,10 @@ static void open_link(const struct attach_opts *o, struct link *l)
  * stream that stops making sense ends the session instead of confusing
  * the kernel.
  */
-struct pending {			/* a CMD_SUBMIT awaiting its RET_SUBMIT */
-	uint32_t seqnum, direction;
+struct pending {			/* a command awaiting its reply */
+	uint32_t seqnum;
+	uint32_t command;		/* USBIP_CMD_SUBMIT or USBIP_CMD_UNLINK */
+	uint32_t value;			/* its direction, or the unlinked seqnum */
 };
 
 struct framer {
@@ -2688,7 +2703,7 @@ struct framer {
 static struct pending *pending;
 static size_t npending, pending_cap;
 
-static void remember_submit(uint32_t seqnum, uint32_t direction)
+static void remember(uint32_t seqnum, uint32_t command, uint32_t value)
 {
 	if (npending == pending_cap) {
 		pending_cap = pending_cap ? pending_cap * 2 : 64;
@@ -2696,20 +2711,21 @@ static void remember_submit(uint32_t seqnum, uint32_t direction)
 		if (!pending)
 			err(1, "realloc");
 	}
-	pending[npending++] = (struct pending){ seqnum, direction };
+	pending[npending++] = (struct pending){ seqnum, command, value };
 }
 
-/* The direction of the CMD_SUBMIT a RET_SUBMIT answers (RET_* carry 0). */
-static int take_direction(uint32_t seqnum)
+/* Forgets the command SEQNUM; returns its value, or -1 if unknown. */
+static int64_t forget(uint32_t seqnum, uint32_t command)
 {
 	size_t i;
 
 	for (i = 0; i < npending; i++) {
-		if (pending[i].seqnum == seqnum) {
-			int dir = (int)pending[i].direction;
+		if (pending[i].seqnum == seqnum &&
+		    pending[i].command == command) {
+			int64_t value = pending[i].value;
 
 			pending[i] = pending[--npending];
-			return dir;
+			return value;
 		}
 	}
 	return -1;
@@ -2720,27 +2736,34 @@ static int64_t payload_after(const struct usbip_header *h)
 {
 	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
 	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
-	int64_t iso;
-	int dir;
+	int64_t iso, dir, victim;
 
 	switch (h->base.command) {
 	case USBIP_CMD_SUBMIT:
 		if (cmd->transfer_buffer_length < 0)
 			return -1;
-		remember_submit(h->base.seqnum, h->base.direction);
+		remember(h->base.seqnum, USBIP_CMD_SUBMIT, h->base.direction);
 		iso = cmd->number_of_packets > 0 ?
 		      (int64_t)cmd->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
 		return (h->base.direction == USBIP_DIR_OUT ?
 			cmd->transfer_buffer_length : 0) + iso;
 	case USBIP_RET_SUBMIT:
-		dir = take_direction(h->base.seqnum);
+		/* RET_SUBMIT carries no direction: its CMD_SUBMIT had it. */
+		dir = forget(h->base.seqnum, USBIP_CMD_SUBMIT);
 		if (dir < 0 || ret->actual_length < 0)
 			return -1;
 		iso = ret->number_of_packets > 0 ?
 		      (int64_t)ret->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
 		return (dir == USBIP_DIR_IN ? ret->actual_length : 0) + iso;
 	case USBIP_CMD_UNLINK:
+		remember(h->base.seqnum, USBIP_CMD_UNLINK,
+			 h->u.cmd_unlink.seqnum);
+		return 0;
 	case USBIP_RET_UNLINK:
+		/* The unlinked URB gets no RET_SUBMIT if this says so. */
+		victim = forget(h->base.seqnum, USBIP_CMD_UNLINK);
+		if (victim >= 0 && h->u.ret_unlink.status != 0)
+			forget((uint32_t)victim, USBIP_CMD_SUBMIT);
 		return 0;
 	default:
 		return -1;

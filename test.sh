@@ -428,6 +428,17 @@ check "vm 9: attach --via a command (serve --stdio), traced by the relay" vm_sce
 check "vm 10: attach --via ssh through a real OpenSSH server" vm_scenario via_ssh
 check "vm 11: attach --persist re-imports after a server restart" vm_scenario persist
 check "vm 12: -vv traces a known session in decoded lines" vm_scenario trace
+check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c
+check "vm fault: client socket destroyed mid-copy; device given back, imports again" vm_scenario fault_client_gone
+check "vm fault: server SIGKILLed mid-copy; vhci port freed, reader gets EIO" vm_scenario fault_server_killed
+check "vm fault: device unplugged mid-copy and idle; re-plugged, same server imports it" vm_scenario fault_unplug
+check "vm fault: network path drops every packet; both ends notice within 90 s" vm_scenario fault_netpath
+check "vm fault: unlink storm, ACM tty opened and closed 300 times during I/O" vm_scenario fault_unlink_serial
+check "vm fault: unlink storm, readers killed mid-transfer on three devices" vm_scenario fault_unlink_kill
+check "vm fault: unlink storm, CLEAR_HALT / SET_INTERFACE / discards via usbfs" vm_scenario fault_unlink_halt
+check "vm fault: server under valgrind across import, copy, detach, vanished client" vm_scenario fault_valgrind
+check "vm fault: 60 s soak of attach/copy/detach cycles; fds and VmRSS flat" vm_scenario fault_soak
+check "vm fault: client unconfigures and reconfigures the device" vm_scenario fault_reconfigure
 
 check "cross: make CROSS=aarch64-linux-gnu- / arm-linux-gnueabihf- (-Werror), -V under qemu" cross_build
 check "cross: wire format on aarch64 (qemu-user)" wire_cross aarch64-linux-gnu qemu-aarch64-static
