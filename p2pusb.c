@@ -956,6 +956,7 @@ static void request_devlist(int fd, const char *peer)
 #define URB_LENGTH_MAX	(16 << 20)	/* default -m: vhci sends < 1 MiB */
 #define ISO_PACKETS_MAX	1024
 #define OUTQ_LIMIT	(8u << 20)	/* reply bytes queued, not yet sent */
+#define OUTQ_MSGS	4096		/* replies queued (each holds its URB) */
 #define INFLIGHT_LIMIT	1024		/* URBs submitted to libusb */
 #define INFLIGHT_BYTES	(64u << 20)	/* their buffers */
 #define MAX_CONNS	512
@@ -1007,7 +1008,7 @@ struct conn {
 	struct urb *rxurb;
 
 	struct msg *outq, **outtail;	/* writing */
-	size_t outbytes;
+	size_t outbytes, noutq;
 
 	struct urb *inflight;		/* submitted to libusb */
 	unsigned ninflight;
@@ -1051,6 +1052,7 @@ static void queue_msg(struct conn *c, struct msg *m)
 	m->next = NULL;
 	*c->outtail = m;
 	c->outtail = &m->next;
+	c->noutq++;
 	for (i = 0; i < m->iovcnt; i++)
 		c->outbytes += m->iov[i].iov_len;
 }
@@ -1140,7 +1142,7 @@ static void close_conn(struct conn *c, const char *why)
 		free_msg(m);
 	}
 	c->outtail = &c->outq;
-	c->outbytes = 0;
+	c->outbytes = c->noutq = 0;
 	if (c->rxurb) {
 		free_urb(c->rxurb);
 		c->rxurb = NULL;
@@ -1851,7 +1853,7 @@ static void on_input(struct conn *c)
 static int wants_input(const struct conn *c)
 {
 	return c->fd >= 0 && c->rx != RX_NONE && c->outbytes < OUTQ_LIMIT &&
-	       c->ninflight < INFLIGHT_LIMIT &&
+	       c->noutq < OUTQ_MSGS && c->ninflight < INFLIGHT_LIMIT &&
 	       c->inflight_bytes < INFLIGHT_BYTES;
 }
 
@@ -1902,6 +1904,7 @@ static void consume_output(struct conn *c, size_t n)
 		c->outq = m->next;
 		if (!c->outq)
 			c->outtail = &c->outq;
+		c->noutq--;
 		free_msg(m);
 	}
 }
