@@ -1005,6 +1005,8 @@ struct conn {
 	uint8_t rxbuf[USBIP_HEADER_SIZE];
 	uint8_t *rxdst;
 	size_t rxneed, rxhave;
+	uint8_t inbuf[8192];		/* read ahead, not yet taken */
+	size_t inoff, inlen;
 	struct urb *rxurb;
 
 	struct msg *outq, **outtail;	/* writing */
@@ -1857,14 +1859,44 @@ static int wants_input(const struct conn *c)
 	       c->inflight_bytes < INFLIGHT_BYTES;
 }
 
+/*
+ * Headers and short payloads come out of a read-ahead buffer, so one
+ * read() serves several of them; a large OUT payload is read straight
+ * into its transfer buffer.  Returns the bytes added to rxdst, as read().
+ */
+static ssize_t fill_input(struct conn *c)
+{
+	size_t want = c->rxneed - c->rxhave, n = c->inlen - c->inoff;
+	ssize_t got;
+
+	if (n == 0 && want >= sizeof(c->inbuf))
+		return read(c->fd, c->rxdst + c->rxhave, want);
+	if (n == 0) {
+		got = read(c->fd, c->inbuf, sizeof(c->inbuf));
+		if (got <= 0)
+			return got;
+		c->inoff = 0;
+		c->inlen = n = (size_t)got;
+	}
+	n = n < want ? n : want;
+	memcpy(c->rxdst + c->rxhave, c->inbuf + c->inoff, n);
+	c->inoff += n;
+	return (ssize_t)n;
+}
+
+/* Input already read ahead: poll() would not wake us for it. */
+static int input_waiting(const struct conn *c)
+{
+	return c->inoff < c->inlen && wants_input(c);
+}
+
 static void read_input(struct conn *c)
 {
 	while (wants_input(c)) {
 		ssize_t n = 0;
 
 		if (c->rxhave < c->rxneed) {
-			n = read(c->fd, c->rxdst + c->rxhave,
-				 c->rxneed - c->rxhave);
+			n = fill_input(c);
 			if (n == 0) {
 				close_conn(c, c->handle ?
 					   "client closed the connection" :
@@ -2302,9 +2334,13 @@ static int next_wakeup_ms(struct server *sv)
 {
 	int wait_ms = expire_handshakes();
 	long long now = now_ms();
+	struct conn *c;
 
 	if (stop_requested)
 		return 100;
+	for (c = conns; c; c = c->next)
+		if (c->fd >= 0 && input_waiting(c))
+			return 0;
 	if (sv->o->dial && !conns) {
 		int redial_in = sv->redial_ms > now ?
 				(int)(sv->redial_ms - now) : 0;
@@ -2350,6 +2386,10 @@ static void dispatch(struct server *sv, int ready)
 		if (c->fd >= 0)
 			write_output(c);
 	}
+	/* Room again for a client that was not read while behind. */
+	for (c = conns; c; c = c->next)
+		if (c->fd >= 0 && input_waiting(c))
+			read_input(c);
 }
 
 /* Whether the loop is over: stopped and drained, or the one session gone. */

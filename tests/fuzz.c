@@ -1985,7 +1985,7 @@ static int fz_quiet(void)
 	if (fz_peer >= 0 && (ioctl(fz_peer, FIONREAD, &unread) < 0 || unread))
 		return 0;
 	for (c = conns; c; c = c->next)
-		if (c->fd >= 0 && c->outq)
+		if (c->fd >= 0 && (c->outq || input_waiting(c)))
 			return 0;
 	return 1;
 }
