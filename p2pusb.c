@@ -1225,12 +1225,27 @@ static int take_interface(libusb_device_handle *h, int i)
 	return libusb_claim_interface(h, i);
 }
 
-/* Rebinding whatever kernel driver matches is what "give back" means. */
-static int give_back_interface(libusb_device_handle *h, int i)
+static int release_interface(libusb_device_handle *h, int i)
 {
 	libusb_release_interface(h, i);
+	return 0;
+}
+
+static int rebind_driver(libusb_device_handle *h, int i)
+{
 	libusb_attach_kernel_driver(h, i);
 	return 0;
+}
+
+/*
+ * Rebinding whatever kernel driver matches is what "give back" means.
+ * Every interface is released first: a driver such as cdc_acm claims its
+ * sibling interfaces when it probes, so none may still be ours then.
+ */
+static void give_back_interfaces(libusb_device_handle *h)
+{
+	for_each_interface(h, release_interface);
+	for_each_interface(h, rebind_driver);
 }
 
 static void close_device(struct conn *c)
@@ -1269,10 +1284,16 @@ static int open_device(struct conn *c, const struct usbip_usb_device *rec)
 	if (rc != 0) {
 		warnx("%s: cannot claim %s: %s", c->peer, c->busid,
 		      libusb_strerror(rc));
-		for_each_interface(c->handle, give_back_interface);
+		give_back_interfaces(c->handle);
 		close_device(c);
 		return ST_DEV_BUSY;
 	}
+	/*
+	 * A server killed mid-session leaves the device mid-command, and the
+	 * client's port reset never reaches it (vhci_hcd emulates its own
+	 * ports): every session starts from a reset device.
+	 */
+	libusb_reset_device(c->handle);
 	memset(c->altsetting, 0, sizeof(c->altsetting));
 	learn_endpoints(c);
 	return ST_OK;
@@ -1286,7 +1307,7 @@ static int open_device(struct conn *c, const struct usbip_usb_device *rec)
 static void give_back_device(struct conn *c)
 {
 	libusb_reset_device(c->handle);
-	for_each_interface(c->handle, give_back_interface);
+	give_back_interfaces(c->handle);
 	close_device(c);
 	debug(1, "%s: %s given back to its kernel driver", c->peer, c->busid);
 }
@@ -1568,12 +1589,6 @@ static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
 }
 
 /* -- requests the server runs itself instead of passing them raw -- */
-
-static int release_interface(libusb_device_handle *h, int i)
-{
-	libusb_release_interface(h, i);
-	return 0;
-}
 
 /*
  * usbfs changes configuration only with every interface released.  They

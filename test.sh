@@ -266,6 +266,11 @@ vm_scenario() {
 	tests/vm.sh -t 300 -o "$out" tests/scenarios.sh "$@"
 }
 
+flood_scenario() {
+	gcc -std=c11 -Wall -Wextra -Werror -O2 -o tests/flood tests/flood.c &&
+		vm_scenario flood
+}
+
 # The tone must come out of qemu's speaker: 440 Hz (counted by zero
 # crossings) for most of its 2 s.
 audio_scenario() {
@@ -428,6 +433,7 @@ check "vm 9: attach --via a command (serve --stdio), traced by the relay" vm_sce
 check "vm 10: attach --via ssh through a real OpenSSH server" vm_scenario via_ssh
 check "vm 11: attach --persist re-imports after a server restart" vm_scenario persist
 check "vm 12: -vv traces a known session in decoded lines" vm_scenario trace
+check "vm 13: a client flooding submits unread: bounded, others served" flood_scenario
 check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c
 check "vm fault: client socket destroyed mid-copy; device given back, imports again" vm_scenario fault_client_gone
 check "vm fault: server SIGKILLed mid-copy; vhci port freed, reader gets EIO" vm_scenario fault_server_killed

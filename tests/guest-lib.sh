@@ -292,3 +292,55 @@ usb_dump() {
     echo "--- /proc/partitions"; cat /proc/partitions
     echo "--- dmesg | tail -n 40"; dmesg | tail -n 40
 }
+
+# --- helpers for the fault scenarios ---------------------------------------
+#   gadget_loopback NAME        vendor-specific bulk loopback gadget (usbfs)
+#   usbfs_node BUSID            /dev/bus/usb/BBB/DDD of a device
+#   vhci_port_free PORT         true when vhci port PORT is free again
+#   driver_of INTERFACE         kernel driver bound to e.g. 1-1:1.0, or "none"
+#   ms_now                      milliseconds since the epoch, without a fork
+#   proc_fds PID / proc_rss_kb PID    open descriptors / VmRSS of a process
+
+# gadget_loopback NAME: a vendor-specific device (f_loopback) that sends
+# back on its bulk IN endpoint what its bulk OUT endpoint received.  No
+# kernel driver binds it, so a test drives it through usbfs (usbfs-poke).
+# Echoes its busid.
+gadget_loopback() {
+    modprobe -q usb_f_ss_lb 2>/dev/null || true   # no udev to load it for us
+    _gadget_create "$1" Loopback.0 || return 1
+    _gadget_plug "$1"
+}
+
+# usbfs_node BUSID: the usbfs node of a device, which devtmpfs creates.
+usbfs_node() {
+    local b d
+    read -r b <"/sys/bus/usb/devices/$1/busnum" &&
+        read -r d <"/sys/bus/usb/devices/$1/devnum" &&
+        printf '/dev/bus/usb/%03d/%03d\n' "$b" "$d"
+}
+
+# vhci_port_free PORT: vhci_hcd's status files show PORT free (state 4,
+# VDEV_ST_NULL) again.
+vhci_port_free() {
+    local hub port sta rest f
+    for f in /sys/devices/platform/vhci_hcd.0/status*; do
+        while read -r hub port sta rest; do
+            [ "$port" = port ] && continue
+            [ $((10#$port)) -eq "$1" ] && [ $((10#$sta)) -eq 4 ] && return 0
+        done <"$f"
+    done
+    return 1
+}
+
+# driver_of INTERFACE: name of the driver bound to an interface (1-1:1.0).
+driver_of() {
+    local l
+    l=$(readlink "/sys/bus/usb/devices/$1/driver" 2>/dev/null) || { echo none; return; }
+    echo "${l##*/}"
+}
+
+ms_now() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
+
+proc_fds() { local f n=0; for f in /proc/"$1"/fd/*; do n=$((n + 1)); done; echo $n; }
+
+proc_rss_kb() { local k v _; while read -r k v _; do [ "$k" = VmRSS: ] && { echo "$v"; return; }; done <"/proc/$1/status"; }
