@@ -37,15 +37,15 @@
 # bench-guest.sh counts: per-URB syscalls, context switches and page
 # faults of each server (see "counts mode" below), as C lines in results.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 . tests/guest-lib.sh
 
 # bench.sh leaves a snapshot of the binaries in $P2PUSB_OUT/bin, so that a
 # rebuild in the work tree during the run changes nothing.
 BIN=$P2PUSB_OUT/bin
-[ -x "$BIN/p2pusb" ] || BIN=tests
 P2PUSB=$BIN/p2pusb
-[ -x "$P2PUSB" ] || P2PUSB=./p2pusb
+[ -x "$P2PUSB" ] && [ -x "$BIN/rand-read" ] && [ -x "$BIN/ctrl-bench" ] ||
+	die "no binaries in $BIN: run me through tests/bench.sh"
 PORT=3240
 MIB=64
 RES=$P2PUSB_OUT/results.txt
@@ -374,7 +374,9 @@ workload() {
 
 # count_urbs WORKLOAD: run it, print the URBs submitted on the vhci bus.
 count_urbs() {
-	local mon=/sys/kernel/debug/usb/usbmon/$(cat "/sys/bus/usb/devices/$VB/busnum")u
+	local mon bus
+	read -r bus <"/sys/bus/usb/devices/$VB/busnum"
+	mon=/sys/kernel/debug/usb/usbmon/${bus}u
 	cat "$mon" >/tmp/usbmon.txt &
 	local mon_pid=$!
 	sleep 0.5
@@ -389,9 +391,9 @@ count_pass() {
 	local name=$1 w a b urbs
 	shift
 	for w in $WORKLOADS; do
-		a=($(ctx_faults "$@"))
+		read -r -a a <<<"$(ctx_faults "$@")"
 		urbs=$(count_urbs $w)
-		b=($(ctx_faults "$@"))
+		read -r -a b <<<"$(ctx_faults "$@")"
 		rec C "$name" $w urbs "$urbs"
 		rec C "$name" $w ctxsw_per_urb "$(awk -v d=$((b[0] - a[0])) -v u="$urbs" 'BEGIN { printf "%.2f", u ? d / u : 0 }')"
 		rec C "$name" $w faults_per_urb "$(awk -v d=$((b[1] - a[1])) -v u="$urbs" 'BEGIN { printf "%.2f", u ? d / u : 0 }')"

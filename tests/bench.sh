@@ -24,7 +24,7 @@
 # carries on with what is left; the measurement that died is reported and
 # left out.  At most three VMs are booted.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 rounds=3
 out=""
