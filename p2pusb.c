@@ -962,6 +962,8 @@ static void request_devlist(int fd, const char *peer)
 #define MAX_CONNS	512
 #define HANDSHAKE_MS	10000		/* to send a whole request */
 #define EP_NONE		0xff
+#define URB_SPARES	8		/* finished URBs a connection keeps, */
+#define SPARE_BYTES	(1u << 20)	/*   each with at most this buffer */
 
 /* Bytes queued for a client: an URB's reply or a standalone message. */
 struct msg {
@@ -971,14 +973,20 @@ struct msg {
 	int iovcnt;
 };
 
-/* One CMD_SUBMIT: the request, its libusb transfer, then its reply. */
+/*
+ * One CMD_SUBMIT: the request, its libusb transfer, then its reply.  The
+ * transfer and both buffers outlive the URB: a finished URB waits in its
+ * connection's spares for the next CMD_SUBMIT (see get_urb()).
+ */
 struct urb {
 	struct urb *next;		/* in conn->inflight */
 	struct conn *conn;
-	struct usbip_header cmd;
+	struct usbip_header cmd;	/* number_of_packets > 0: iso */
 	struct libusb_transfer *xfer;
 	uint8_t *buf;			/* control transfers: setup, then data */
+	size_t bufsize;
 	uint8_t *iso;			/* wire descriptors, rewritten for reply */
+	int max_packets;		/* what xfer and iso have room for */
 	int unlinked;			/* a CMD_UNLINK waits on this URB */
 	uint32_t unlink_seqnum;
 	uint8_t head[USBIP_HEADER_SIZE];
@@ -1011,6 +1019,9 @@ struct conn {
 
 	struct msg *outq, **outtail;	/* writing */
 	size_t outbytes, noutq;
+
+	struct urb *spare[URB_SPARES];	/* finished, kept for reuse */
+	int nspare;
 
 	struct urb *inflight;		/* submitted to libusb */
 	unsigned ninflight;
@@ -1090,19 +1101,91 @@ static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
 	}
 }
 
-static void free_urb(struct urb *u)
+static int urb_packets(const struct urb *u)
 {
-	if (u->xfer)
-		libusb_free_transfer(u->xfer);
+	return u->cmd.u.cmd_submit.number_of_packets;
+}
+
+static void destroy_urb(struct urb *u)
+{
+	libusb_free_transfer(u->xfer);
 	free(u->buf);
 	free(u->iso);
 	free(u);
 }
 
+/* A finished URB: kept as a spare while its connection lives. */
+static void put_urb(struct urb *u)
+{
+	struct conn *c = u->conn;
+
+	if (c->fd >= 0 && c->nspare < URB_SPARES && u->bufsize <= SPARE_BYTES)
+		c->spare[c->nspare++] = u;
+	else
+		destroy_urb(u);
+}
+
+/*
+ * A URB with room for LEN buffer bytes and NP iso packets.  The spare that
+ * fits best is reused (or, failing that, grown), so a connection in its
+ * steady state allocates nothing per URB.
+ */
+static struct urb *get_urb(struct conn *c, size_t len, int np)
+{
+	struct urb *u, keep = { 0 };
+	int i, best = -1;
+
+	for (i = 0; i < c->nspare; i++)
+		if (c->spare[i]->bufsize >= len &&
+		    c->spare[i]->max_packets >= np &&
+		    (best < 0 || c->spare[i]->bufsize <
+				 c->spare[best]->bufsize))
+			best = i;
+	if (best < 0)
+		best = c->nspare - 1;
+	if (best >= 0) {
+		u = c->spare[best];
+		c->spare[best] = c->spare[--c->nspare];
+		keep = *u;
+	} else if (!(u = malloc(sizeof(*u)))) {
+		err(1, "malloc");
+	}
+	memset(u, 0, sizeof(*u));
+	u->conn = c;
+	u->xfer = keep.xfer;
+	u->buf = keep.buf;
+	u->bufsize = keep.bufsize;
+	u->iso = keep.iso;
+	u->max_packets = keep.max_packets;
+	if (u->bufsize < len) {
+		free(u->buf);
+		u->buf = malloc(len);
+		u->bufsize = len;
+	}
+	if (!u->xfer || u->max_packets < np) {
+		libusb_free_transfer(u->xfer);
+		u->xfer = libusb_alloc_transfer(np);
+		free(u->iso);
+		u->iso = malloc((size_t)np * USBIP_ISO_DESC_SIZE + 1);
+		u->max_packets = np;
+	}
+	if (!u->buf || !u->xfer || !u->iso)
+		err(1, "out of memory for an URB of %zu bytes", len);
+	u->xfer->flags = 0;
+	u->xfer->num_iso_packets = 0;
+	return u;
+}
+
+static void drop_spares(struct conn *c)
+{
+	while (c->nspare > 0)
+		destroy_urb(c->spare[--c->nspare]);
+}
+
 static void free_msg(struct msg *m)
 {
 	if (m->urb)
-		free_urb(m->urb);
+		put_urb(m->urb);
 	else
 		free(m);
 }
@@ -1146,7 +1229,7 @@ static void close_conn(struct conn *c, const char *why)
 	c->outtail = &c->outq;
 	c->outbytes = c->noutq = 0;
 	if (c->rxurb) {
-		free_urb(c->rxurb);
+		put_urb(c->rxurb);
 		c->rxurb = NULL;
 	}
 	for (u = c->inflight; u; u = u->next)
@@ -1504,7 +1587,8 @@ static int32_t finish_iso(struct urb *u, int32_t *error_count)
 	return (int32_t)packed;
 }
 
-static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual)
+static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
+			     int32_t error_count)
 {
 	struct conn *c = u->conn;
 	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
@@ -1513,21 +1597,19 @@ static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual)
 		.actual_length = actual,
 		.start_frame = cmd->start_frame,
 		.number_of_packets = cmd->number_of_packets,
+		.error_count = error_count,
 	};
 	struct msg *m = &u->reply;
 
-	if (u->iso && u->xfer)
-		ret.actual_length = actual = finish_iso(u, &ret.error_count);
 	pack_ret_submit(u->head, u->cmd.base.seqnum, &ret);
 	m->urb = u;
 	m->iov[0] = (struct iovec){ u->head, USBIP_HEADER_SIZE };
 	m->iovcnt = 1;
 	if (u->cmd.base.direction == USBIP_DIR_IN && actual > 0)
 		m->iov[m->iovcnt++] = (struct iovec){ urb_data(u), (size_t)actual };
-	if (u->iso)
+	if (urb_packets(u) > 0)
 		m->iov[m->iovcnt++] = (struct iovec){
-			u->iso, (size_t)cmd->number_of_packets *
-			USBIP_ISO_DESC_SIZE };
+			u->iso, (size_t)urb_packets(u) * USBIP_ISO_DESC_SIZE };
 	queue_msg(c, m);
 	if (verbose >= 2) {
 		struct usbip_header h = {
@@ -1548,7 +1630,7 @@ static void inflight_remove(struct conn *c, struct urb *u)
 		if (*pp == u) {
 			*pp = u->next;
 			c->ninflight--;
-			c->inflight_bytes -= u->xfer ? (size_t)u->xfer->length : 0;
+			c->inflight_bytes -= (size_t)u->xfer->length;
 			return;
 		}
 	}
@@ -1559,28 +1641,31 @@ static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
 {
 	struct urb *u = x->user_data;
 	struct conn *c = u->conn;
-	int32_t actual = x->actual_length;
+	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
+	int32_t actual = x->actual_length, status = urb_status(x->status);
+	int32_t errors = 0;
 
 	inflight_remove(c, u);
 	if (c->fd < 0) {
-		free_urb(u);
+		put_urb(u);
 		return;
 	}
 	/* Unlink rule 2: cancelled in flight, so RET_UNLINK and no RET_SUBMIT. */
 	if (u->unlinked && x->status == LIBUSB_TRANSFER_CANCELLED) {
 		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
-		free_urb(u);
+		put_urb(u);
 		return;
 	}
-	if (actual > u->cmd.u.cmd_submit.transfer_buffer_length)
-		actual = u->cmd.u.cmd_submit.transfer_buffer_length;
+	if (urb_packets(u) > 0)
+		actual = finish_iso(u, &errors);
+	if (actual > cmd->transfer_buffer_length)
+		actual = cmd->transfer_buffer_length;
 	if (x->status == LIBUSB_TRANSFER_COMPLETED &&
-	    u->cmd.base.direction == USBIP_DIR_IN && !u->iso &&
-	    (u->cmd.u.cmd_submit.transfer_flags & URB_SHORT_NOT_OK) &&
-	    actual < u->cmd.u.cmd_submit.transfer_buffer_length)
-		queue_ret_submit(u, -EREMOTEIO, actual);
-	else
-		queue_ret_submit(u, urb_status(x->status), actual);
+	    u->cmd.base.direction == USBIP_DIR_IN && urb_packets(u) == 0 &&
+	    (cmd->transfer_flags & URB_SHORT_NOT_OK) &&
+	    actual < cmd->transfer_buffer_length)
+		status = -EREMOTEIO;
+	queue_ret_submit(u, status, actual, errors);
 	/* Completed before the cancel landed: RET_SUBMIT, then RET_UNLINK 0. */
 	if (u->unlinked)
 		queue_ret_unlink(c, u->unlink_seqnum, 0);
@@ -1651,7 +1736,7 @@ static int run_intercepted(struct urb *u)
 		return 0;
 	debug(1, "%s: ran request %02x %02x %04x %04x: %s", c->peer, type,
 	      req, value, index, rc ? libusb_strerror(rc) : "ok");
-	queue_ret_submit(u, rc ? submit_errno(rc) : 0, 0);
+	queue_ret_submit(u, rc ? submit_errno(rc) : 0, 0, 0);
 	return 1;
 }
 
@@ -1688,9 +1773,16 @@ static void submit_urb(struct urb *u)
 	unsigned ep = u->cmd.base.ep, dir = u->cmd.base.direction;
 	unsigned char addr = (unsigned char)(ep | (dir ? LIBUSB_ENDPOINT_IN : 0));
 	int len = cmd->transfer_buffer_length, rc;
+	int type = ep == 0 ? LIBUSB_TRANSFER_TYPE_CONTROL : c->eptype[dir][ep];
 	int32_t status = 0;
 
-	if (ep == 0) {
+	/* Iso packets go with an iso endpoint, and only with one. */
+	if ((type == LIBUSB_TRANSFER_TYPE_ISOCHRONOUS) != (urb_packets(u) > 0)) {
+		queue_ret_submit(u, -EINVAL, 0, 0);
+		return;
+	}
+	switch (type) {
+	case LIBUSB_TRANSFER_TYPE_CONTROL:
 		if (run_intercepted(u))
 			return;
 		libusb_fill_control_transfer(u->xfer, c->handle, u->buf,
@@ -1698,31 +1790,25 @@ static void submit_urb(struct urb *u)
 		if (libusb_le16_to_cpu(
 			libusb_control_transfer_get_setup(u->xfer)->wLength) > len)
 			status = -EINVAL;
-	} else {
-		switch (c->eptype[dir][ep]) {
-		case LIBUSB_TRANSFER_TYPE_BULK:
-			libusb_fill_bulk_transfer(u->xfer, c->handle, addr,
-						  u->buf, len, on_transfer_done,
-						  u, 0);
-			break;
-		case LIBUSB_TRANSFER_TYPE_INTERRUPT:
-			libusb_fill_interrupt_transfer(u->xfer, c->handle,
-						       addr, u->buf, len,
-						       on_transfer_done, u, 0);
-			break;
-		case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
-			libusb_fill_iso_transfer(u->xfer, c->handle, addr,
-						 u->buf, len,
-						 cmd->number_of_packets,
-						 on_transfer_done, u, 0);
-			status = u->iso ? load_iso(u) : -EINVAL;
-			break;
-		default:
-			status = -EPIPE;	/* no such endpoint right now */
-		}
+		break;
+	case LIBUSB_TRANSFER_TYPE_BULK:
+		libusb_fill_bulk_transfer(u->xfer, c->handle, addr, u->buf,
+					  len, on_transfer_done, u, 0);
+		break;
+	case LIBUSB_TRANSFER_TYPE_INTERRUPT:
+		libusb_fill_interrupt_transfer(u->xfer, c->handle, addr,
+					       u->buf, len, on_transfer_done,
+					       u, 0);
+		break;
+	case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
+		libusb_fill_iso_transfer(u->xfer, c->handle, addr, u->buf, len,
+					 urb_packets(u), on_transfer_done, u,
+					 0);
+		status = load_iso(u);
+		break;
+	default:
+		status = -EPIPE;	/* no such endpoint right now */
 	}
-	if (u->iso && c->eptype[dir][ep] != LIBUSB_TRANSFER_TYPE_ISOCHRONOUS)
-		status = -EINVAL;
 	if (cmd->transfer_flags & URB_ZERO_PACKET)
 		u->xfer->flags |= LIBUSB_TRANSFER_ADD_ZERO_PACKET;
 
@@ -1740,9 +1826,7 @@ static void submit_urb(struct urb *u)
 			end_after_replies(c, "device unplugged");
 	}
 	/* Refused before it reached the device: answer at once, no data. */
-	libusb_free_transfer(u->xfer);
-	u->xfer = NULL;
-	queue_ret_submit(u, status, 0);
+	queue_ret_submit(u, status, 0, 0);
 }
 
 static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
@@ -1765,22 +1849,10 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 			       h->base.seqnum, np);
 		return;
 	}
-	u = calloc(1, sizeof(*u));
-	if (!u)
-		err(1, "calloc");
-	u->conn = c;
+	u = get_urb(c, setup + (size_t)len + 1, np);
 	u->cmd = *h;
 	u->cmd.u.cmd_submit.number_of_packets = np;
-	u->buf = malloc(setup + (size_t)len + 1);
-	u->xfer = libusb_alloc_transfer(np);
-	if (!u->buf || !u->xfer)
-		err(1, "out of memory for seq %u", h->base.seqnum);
 	memcpy(u->buf, cmd->setup, setup);
-	if (np > 0) {
-		u->iso = malloc((size_t)np * USBIP_ISO_DESC_SIZE);
-		if (!u->iso)
-			err(1, "malloc");
-	}
 	trace_header(c->peer, h, c->eptype[h->base.direction][h->base.ep]);
 
 	c->rxurb = u;
@@ -1850,7 +1922,7 @@ static void on_input(struct conn *c)
 		on_header(c);
 		break;
 	case RX_OUT_DATA:
-		if (u->iso) {
+		if (urb_packets(u) > 0) {
 			expect(c, RX_ISO_DESC, u->iso,
 			       (size_t)u->cmd.u.cmd_submit.number_of_packets *
 			       USBIP_ISO_DESC_SIZE);
@@ -2126,12 +2198,14 @@ static void accept_client(int lfd)
 /* A client that connects and then says nothing must not hold a slot. */
 static int expire_handshakes(void)
 {
-	long long now = now_ms(), next = 0;
+	long long now = 0, next = 0;
 	struct conn *c;
 
 	for (c = conns; c; c = c->next) {
 		if (c->fd < 0 || c->deadline_ms == 0)
 			continue;
+		if (now == 0)	/* the clock, only while a handshake is due */
+			now = now_ms();
 		if (now >= c->deadline_ms)
 			protocol_error(c, "no complete request within %d s",
 				       HANDSHAKE_MS / 1000);
@@ -2169,6 +2243,7 @@ static void reap_conns(void)
 			pp = &c->next;
 			continue;
 		}
+		drop_spares(c);
 		if (c->handle)
 			give_back_device(c);
 		*pp = c->next;
@@ -2348,7 +2423,6 @@ static void redial(struct server *sv)
 static int next_wakeup_ms(struct server *sv)
 {
 	int wait_ms = expire_handshakes();
-	long long now = now_ms();
 	struct conn *c;
 
 	if (stop_requested)
@@ -2357,6 +2431,7 @@ static int next_wakeup_ms(struct server *sv)
 		if (c->fd >= 0 && input_waiting(c))
 			return 0;
 	if (sv->o->dial && !conns) {
+		long long now = now_ms();
 		int redial_in = sv->redial_ms > now ?
 				(int)(sv->redial_ms - now) : 0;
 
@@ -2374,7 +2449,8 @@ static void dispatch(struct server *sv, int ready)
 
 	for (i = nsock; i < sv->n; i++)
 		usb_events |= sv->pfd[i].revents;
-	if (usb) {
+	/* libusb polls its descriptors again inside: only when one is ready. */
+	if (usb && (usb_events || stop_requested)) {
 		struct timeval zero = { 0, 0 };
 
 		libusb_handle_events_timeout_completed(usb, &zero, NULL);
