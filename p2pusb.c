@@ -156,6 +156,14 @@ static void pack_interface(uint8_t *p, const struct usbip_usb_interface *i)
 	p[3] = 0;
 }
 
+static void unpack_interface(const uint8_t *p, struct usbip_usb_interface *i)
+{
+	i->bInterfaceClass = p[0];
+	i->bInterfaceSubClass = p[1];
+	i->bInterfaceProtocol = p[2];
+	i->padding = 0;
+}
+
 /*
  * The kernel's stub zeroes devid, direction and ep in what it sends back;
  * vhci matches replies by seqnum alone.
@@ -262,41 +270,33 @@ static void unpack_iso_desc(const uint8_t *p,
 
 static const char *status_name(int32_t status)
 {
+	static const struct {
+		int err;
+		const char *name;
+	} names[] = {
+		{ 0, "ok" },
+		{ EPIPE, "EPIPE (stall)" },
+		{ ECONNRESET, "ECONNRESET (unlinked)" },
+		{ ENOENT, "ENOENT" },
+		{ ESHUTDOWN, "ESHUTDOWN (device gone)" },
+		{ ENODEV, "ENODEV" },
+		{ ETIMEDOUT, "ETIMEDOUT" },
+		{ EOVERFLOW, "EOVERFLOW (babble)" },
+		{ EPROTO, "EPROTO" },
+		{ EREMOTEIO, "EREMOTEIO (short)" },
+		{ EINVAL, "EINVAL" },
+		{ EBUSY, "EBUSY" },
+		{ ENOMEM, "ENOMEM" },
+		{ EXDEV, "EXDEV (iso partial)" },
+	};
 	static char other[24];
+	size_t i;
 
-	switch (-status) {
-	case 0:
-		return "ok";
-	case EPIPE:
-		return "EPIPE (stall)";
-	case ECONNRESET:
-		return "ECONNRESET (unlinked)";
-	case ENOENT:
-		return "ENOENT";
-	case ESHUTDOWN:
-		return "ESHUTDOWN (device gone)";
-	case ENODEV:
-		return "ENODEV";
-	case ETIMEDOUT:
-		return "ETIMEDOUT";
-	case EOVERFLOW:
-		return "EOVERFLOW (babble)";
-	case EPROTO:
-		return "EPROTO";
-	case EREMOTEIO:
-		return "EREMOTEIO (short)";
-	case EINVAL:
-		return "EINVAL";
-	case EBUSY:
-		return "EBUSY";
-	case ENOMEM:
-		return "ENOMEM";
-	case EXDEV:
-		return "EXDEV (iso partial)";
-	default:
-		snprintf(other, sizeof(other), "errno %d", -status);
-		return other;
-	}
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (names[i].err == -status)
+			return names[i].name;
+	snprintf(other, sizeof(other), "errno %d", -status);
+	return other;
 }
 
 static const char *transfer_type_name(int type)
@@ -635,20 +635,28 @@ static void read_exact(int fd, void *buf, size_t len, const char *peer)
 	}
 }
 
-static void write_all(int fd, const void *buf, size_t len, const char *peer)
+/* A blocking write of all LEN bytes (a pipe with --via); 0 or -1. */
+static int write_fully(int fd, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 
 	while (len > 0) {
-		ssize_t n = write(fd, p, len);	/* a pipe with --via */
+		ssize_t n = write(fd, p, len);
 
 		if (n < 0 && errno != EINTR)
-			err(1, "%s: write", peer);
+			return -1;
 		if (n > 0) {
 			p += n;
 			len -= (size_t)n;
 		}
 	}
+	return 0;
+}
+
+static void write_all(int fd, const void *buf, size_t len, const char *peer)
+{
+	if (write_fully(fd, buf, len) < 0)
+		err(1, "%s: write", peer);
 }
 
 /* ---- local USB devices --------------------------------------------- */
@@ -842,20 +850,17 @@ static int for_each_device(device_fn *fn, void *arg, int only_offered)
 
 static const char *op_status_name(uint32_t status)
 {
-	switch (status) {
-	case ST_NA:
-		return "not available";
-	case ST_DEV_BUSY:
-		return "device busy (imported by someone else)";
-	case ST_DEV_ERR:
-		return "device error on the server";
-	case ST_NODEV:
-		return "no such device";
-	case ST_ERROR:
-		return "server error";
-	default:
-		return "unknown status";
-	}
+	static const char *names[] = {
+		[ST_OK] = "ok",
+		[ST_NA] = "not available",
+		[ST_DEV_BUSY] = "device busy (imported by someone else)",
+		[ST_DEV_ERR] = "device error on the server",
+		[ST_NODEV] = "no such device",
+		[ST_ERROR] = "server error",
+	};
+
+	return status < sizeof(names) / sizeof(names[0]) ? names[status]
+							  : "unknown status";
 }
 
 static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
@@ -936,9 +941,7 @@ static void request_devlist(int fd, const char *peer)
 		unpack_device(buf, &d);
 		for (j = 0; j < d.bNumInterfaces; j++) {
 			read_exact(fd, raw, sizeof(raw), peer);
-			ifs[j].bInterfaceClass = raw[0];
-			ifs[j].bInterfaceSubClass = raw[1];
-			ifs[j].bInterfaceProtocol = raw[2];
+			unpack_interface(raw, &ifs[j]);
 		}
 		print_device_line(&d, ifs, d.bNumInterfaces, "");
 	}
@@ -1038,7 +1041,6 @@ struct conn {
 };
 
 static struct conn *conns;
-static int nconns;
 static volatile sig_atomic_t stop_requested;
 static int max_length = URB_LENGTH_MAX;
 
@@ -1247,8 +1249,8 @@ static void protocol_error(struct conn *c, const char *fmt, ...)
 	va_end(ap);
 	if (!c->handle)		/* close_conn() logs only sessions */
 		warnx("%s: %s", c->peer, why);
-	c->end_reason = why;
-	close_conn(c, why);
+	c->end_reason = why;	/* the violation, whatever came before */
+	close_conn(c, NULL);
 }
 
 /* -- the imported device: claim, learn endpoints, give back -- */
@@ -1575,12 +1577,9 @@ static int32_t finish_iso(struct urb *u, int32_t *error_count)
 		d.status = (uint32_t)urb_status(p->status);
 		if (p->status != LIBUSB_TRANSFER_COMPLETED)
 			(*error_count)++;
-		if (u->cmd.base.direction == USBIP_DIR_IN) {
+		if (u->cmd.base.direction == USBIP_DIR_IN)
 			memmove(u->buf + packed, u->buf + pos, d.actual_length);
-			packed += d.actual_length;
-		} else {
-			packed += d.actual_length;
-		}
+		packed += d.actual_length;
 		pos += p->length;
 		pack_iso_desc(wire, &d);
 	}
@@ -2161,8 +2160,17 @@ static void add_conn(int rfd, int wfd, const char *peer)
 	c->deadline_ms = now_ms() + HANDSHAKE_MS;
 	c->next = conns;
 	conns = c;
-	nconns++;
 	debug(1, "%s: connected", c->peer);
+}
+
+static int count_conns(void)
+{
+	struct conn *c;
+	int n = 0;
+
+	for (c = conns; c; c = c->next)
+		n++;
+	return n;
 }
 
 static void accept_client(int lfd)
@@ -2182,10 +2190,10 @@ static void accept_client(int lfd)
 		close(fd);
 		return;
 	}
-	if (nconns >= MAX_CONNS) {
+	if (count_conns() >= MAX_CONNS) {
 		if (!said_full)
 			warnx("%s: refused: %d connections already", peer,
-			      nconns);
+			      MAX_CONNS);
 		said_full = 1;
 		close(fd);
 		return;
@@ -2248,7 +2256,6 @@ static void reap_conns(void)
 			give_back_device(c);
 		*pp = c->next;
 		free(c);
-		nconns--;
 	}
 }
 
@@ -2327,7 +2334,7 @@ struct serve_opts {
 struct server {
 	const struct serve_opts *o;
 	int lfd[MAX_LISTENERS], nlfd;
-	long long stop_by_ms;		/* stopping: give up waiting then */
+	long long stop_by_ms;		/* set when stopping: give up then */
 	long long redial_ms;		/* --connect: next attempt */
 	int backoff_ms;
 	struct pollfd *pfd;		/* this round's poll set: */
@@ -2499,7 +2506,6 @@ static int serve(const struct serve_opts *o)
 {
 	struct server sv = { .o = o, .backoff_ms = 1000 };
 	sigset_t unblocked;
-	int stopping = 0;
 
 	open_usb();
 	catch_stop_signals(&unblocked);
@@ -2514,14 +2520,12 @@ static int serve(const struct serve_opts *o)
 		struct timespec tv, *timeout = NULL;
 		int wait_ms, ready;
 
-		if (stop_requested && !stopping) {
+		if (stop_requested && !sv.stop_by_ms)
 			begin_stop(&sv);
-			stopping = 1;
-		}
 		reap_conns();
 		if (finished(&sv))
 			break;
-		if (o->dial && !stopping)
+		if (o->dial && !stop_requested)
 			redial(&sv);
 		wait_ms = next_wakeup_ms(&sv);
 		if (wait_ms >= 0) {
@@ -2546,6 +2550,7 @@ static int serve(const struct serve_opts *o)
 /* ---- the client: hand the socket to vhci_hcd ------------------------- */
 
 #define VHCI_STATE_FREE	4	/* VDEV_ST_NULL in the kernel's vhci.h */
+#define VHCI_PORTS_MAX	256	/* every controller's, read at once */
 #define VHCI_RECORDS	"/var/run/vhci_hcd"
 
 struct vhci_port {
@@ -2597,7 +2602,6 @@ static int read_vhci_ports(const char *dir, struct vhci_port *ports, int max)
 			err(1, "%s", g.gl_pathv[f]);
 		while (n < max && fgets(line, sizeof(line), fp)) {
 			struct vhci_port *p = &ports[n];
-
 			const char *rest = line;
 
 			/*
@@ -2626,6 +2630,20 @@ static int read_vhci_ports(const char *dir, struct vhci_port *ports, int max)
 	}
 	globfree(&g);
 	return n;
+}
+
+static int find_vhci_port(const char *dir, int port, struct vhci_port *out)
+{
+	struct vhci_port ports[VHCI_PORTS_MAX];
+	int n = read_vhci_ports(dir, ports, VHCI_PORTS_MAX), i;
+
+	for (i = 0; i < n; i++) {
+		if (ports[i].port == port) {
+			*out = ports[i];
+			return 1;
+		}
+	}
+	return 0;
 }
 
 static int write_sysfs(const char *dir, const char *file, const char *text)
@@ -2669,15 +2687,25 @@ static void remove_record(int port)
 	unlink(path);
 }
 
+/* vhci_hcd's attach file: "PORT SOCKFD DEVID SPEED", the fd ours. */
+static int vhci_attach(const char *dir, int port, int fd, uint32_t devid,
+		       uint32_t speed)
+{
+	char line[64];
+
+	snprintf(line, sizeof(line), "%d %d %u %u", port, fd, devid, speed);
+	return write_sysfs(dir, "attach", line);
+}
+
 static int attach_to_vhci(const char *dir, int fd,
 			  const struct usbip_usb_device *rec)
 {
-	struct vhci_port ports[256];
+	struct vhci_port ports[VHCI_PORTS_MAX];
 	uint32_t speed = rec->speed;
 	const char *hub = speed >= USB_SPEED_SUPER ? "ss" : "hs";
 	uint32_t devid = rec->busnum << 16 | rec->devnum;
-	int n = read_vhci_ports(dir, ports, 256), i, rc = 0, hub_seen = 0;
-	char line[64];
+	int n = read_vhci_ports(dir, ports, VHCI_PORTS_MAX), i, rc = 0,
+	    hub_seen = 0;
 
 	for (i = 0; i < n; i++) {
 		if (strcmp(ports[i].hub, hub) != 0)
@@ -2685,15 +2713,11 @@ static int attach_to_vhci(const char *dir, int fd,
 		hub_seen = 1;
 		if (ports[i].status != VHCI_STATE_FREE)
 			continue;
-		snprintf(line, sizeof(line), "%d %d %u %u", ports[i].port, fd,
-			 devid, speed);
-		rc = write_sysfs(dir, "attach", line);
+		rc = vhci_attach(dir, ports[i].port, fd, devid, speed);
 		if (rc == -EINVAL && speed == USB_SPEED_SUPER_PLUS) {
 			/* vhci before 6.12 knows no SuperSpeed+. */
 			speed = USB_SPEED_SUPER;
-			snprintf(line, sizeof(line), "%d %d %u %u",
-				 ports[i].port, fd, devid, speed);
-			rc = write_sysfs(dir, "attach", line);
+			rc = vhci_attach(dir, ports[i].port, fd, devid, speed);
 		}
 		if (rc == 0)
 			return ports[i].port;
@@ -2951,10 +2975,7 @@ static int pump(int from, int to, struct framer *f)
 		return 1;
 	if (n <= 0 || frame(f, buf, (size_t)n) != 0)
 		return 0;
-	if (write(to, buf, (size_t)n) == n)
-		return 1;
-	/* A short write on a blocking pipe or socket: finish it. */
-	return 0;
+	return write_fully(to, buf, (size_t)n) == 0;
 }
 
 /* Returns 0 when vhci_hcd ended the session (detach), 1 otherwise. */
@@ -3040,13 +3061,9 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 
 static int port_in_use(const char *dir, int port)
 {
-	struct vhci_port ports[256];
-	int n = read_vhci_ports(dir, ports, 256), i;
+	struct vhci_port p;
 
-	for (i = 0; i < n; i++)
-		if (ports[i].port == port)
-			return ports[i].status != VHCI_STATE_FREE;
-	return 0;
+	return find_vhci_port(dir, port, &p) && p.status != VHCI_STATE_FREE;
 }
 
 /*
@@ -3114,12 +3131,12 @@ static int attach_persist(const struct attach_opts *o, const char *dir)
 
 static int cmd_port(void)
 {
-	struct vhci_port ports[256];
+	struct vhci_port ports[VHCI_PORTS_MAX];
 	char dir[PATH_MAX];
 	int n, i, shown = 0;
 
 	find_vhci(dir, sizeof(dir));
-	n = read_vhci_ports(dir, ports, 256);
+	n = read_vhci_ports(dir, ports, VHCI_PORTS_MAX);
 	for (i = 0; i < n; i++) {
 		struct vhci_port *p = &ports[i];
 		char path[PATH_MAX], record[300] = "", vid[8], pid[8],
@@ -3152,20 +3169,17 @@ static int cmd_port(void)
 
 static int cmd_detach(const char *arg)
 {
-	struct vhci_port ports[256];
+	struct vhci_port p;
 	char dir[PATH_MAX], *end;
 	long port = strtol(arg, &end, 10);
-	int n, i, rc;
+	int rc;
 
 	if (*arg == '\0' || *end != '\0' || port < 0 || port > 65535)
 		errx(1, "%s: not a port number", arg);
 	find_vhci(dir, sizeof(dir));
-	n = read_vhci_ports(dir, ports, 256);
-	for (i = 0; i < n && ports[i].port != port; i++)
-		;
-	if (i == n)
+	if (!find_vhci_port(dir, (int)port, &p))
 		errx(1, "no vhci port %ld", port);
-	if (ports[i].status == VHCI_STATE_FREE)
+	if (p.status == VHCI_STATE_FREE)
 		errx(1, "port %ld is not in use", port);
 	rc = write_sysfs(dir, "detach", arg);
 	if (rc == -EACCES || rc == -EPERM)
