@@ -25,24 +25,39 @@ cleanup() {
 }
 trap cleanup EXIT
 
-install_missing() {
-	local missing=() p policy=/usr/sbin/policy-rc.d
-	for p in $PACKAGES; do
+# missing_packages PKG...: the ones dpkg does not have installed.
+missing_packages() {
+	local p
+	for p; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
-			grep -q "ok installed" || missing+=("$p")
+			grep -q "ok installed" || echo "$p"
 	done
-	[ ${#missing[@]} -eq 0 ] && return
-	echo "installing: ${missing[*]}"
-	# The tests start their own sshd on the VM's loopback; the package
-	# must not start one on this machine.
-	[ -e $policy ] || { printf '#!/bin/sh\nexit 101\n' >$policy &&
-		chmod +x $policy && trap "rm -f $policy" RETURN; }
-	# One broken index (a foreign architecture's, say) must not stop the
-	# install of everything else.
+}
+
+# apt_install PKG...: one broken index (a foreign architecture's, say)
+# must not stop the install of everything else.
+apt_install() {
+	echo "installing: $*"
 	apt-get update -q >/dev/null ||
 		echo "apt-get update had errors; installing anyway"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-		--no-install-recommends "${missing[@]}" >/dev/null
+		--no-install-recommends "$@" >/dev/null
+}
+
+install_missing() {
+	local missing policy=/usr/sbin/policy-rc.d made=
+	missing=$(missing_packages $PACKAGES)
+	[ -n "$missing" ] || return 0
+	# The tests start their own sshd on the VM's loopback; the package
+	# must not start one on this machine.
+	if [ ! -e $policy ]; then
+		printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy &&
+			made=1
+	fi
+	apt_install $missing
+	local rc=$?
+	[ -z "$made" ] || rm -f $policy
+	return $rc
 }
 
 # check NAME CMD...: one test case; its output is shown only if it fails.
@@ -307,24 +322,16 @@ CROSS_PACKAGES="qemu-user-static
 CROSS_READY=
 
 install_cross() {
-	local missing=() p
+	local missing p
 	[ -n "$CROSS_READY" ] && return 0
-	for p in $CROSS_PACKAGES; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
-			grep -q "ok installed" || missing+=("$p")
-	done
-	if [ ${#missing[@]} -gt 0 ]; then
-		for p in "${missing[@]}"; do
+	missing=$(missing_packages $CROSS_PACKAGES)
+	if [ -n "$missing" ]; then
+		for p in $missing; do
 			[[ $p == *:* ]] || continue
 			dpkg --print-foreign-architectures | grep -qx "${p#*:}" ||
 				dpkg --add-architecture "${p#*:}" || return 1
 		done
-		echo "installing: ${missing[*]}"
-		# One architecture's index failing (a mirror mid-sync) must not
-		# stop the rest: the install says whether what we need is there.
-		apt-get update -q || echo "apt-get update had errors; installing anyway"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends "${missing[@]}" || return 1
+		apt_install $missing || return 1
 	fi
 	CROSS_READY=1
 }

@@ -845,26 +845,34 @@ static int bad_interface(int i)
 	return i < 0 || i >= 32;	/* USB_MAXINTERFACES */
 }
 
-int libusb_kernel_driver_active(libusb_device_handle *h, int i)
+/* usbfs's answer before it looks at what interface I is bound to. */
+static int interface_error(int i)
 {
-	(void)h;
 	if (bad_interface(i))
 		return LIBUSB_ERROR_INVALID_PARAM;
 	if (fz_dev.gone)
 		return LIBUSB_ERROR_NO_DEVICE;
 	if (!find_interface(i))
 		return LIBUSB_ERROR_NOT_FOUND;
-	return fz_dev.bound[i];
+	return 0;
+}
+
+int libusb_kernel_driver_active(libusb_device_handle *h, int i)
+{
+	int rc = interface_error(i);
+
+	(void)h;
+	return rc ? rc : fz_dev.bound[i];
 }
 
 int libusb_detach_kernel_driver(libusb_device_handle *h, int i)
 {
+	int rc = interface_error(i);
+
 	(void)h;
-	if (bad_interface(i))
-		return LIBUSB_ERROR_INVALID_PARAM;
-	if (fz_dev.gone)
-		return LIBUSB_ERROR_NO_DEVICE;
-	if (!find_interface(i) || !fz_dev.bound[i])
+	if (rc)
+		return rc;
+	if (!fz_dev.bound[i])
 		return LIBUSB_ERROR_NOT_FOUND;
 	fz_dev.bound[i] = 0;
 	return 0;
@@ -873,13 +881,11 @@ int libusb_detach_kernel_driver(libusb_device_handle *h, int i)
 /* USBDEVFS_CONNECT: the kernel probes drivers; 0 even when none matches. */
 int libusb_attach_kernel_driver(libusb_device_handle *h, int i)
 {
+	int rc = interface_error(i);
+
 	(void)h;
-	if (bad_interface(i))
-		return LIBUSB_ERROR_INVALID_PARAM;
-	if (fz_dev.gone)
-		return LIBUSB_ERROR_NO_DEVICE;
-	if (!find_interface(i))
-		return LIBUSB_ERROR_NOT_FOUND;
+	if (rc)
+		return rc;
 	if ((fz_dev.claimed >> i & 1) || fz_dev.bound[i])
 		return LIBUSB_ERROR_BUSY;
 	if (fz_dev.flags & F_DRIVER)
@@ -2486,19 +2492,29 @@ static void hexline(const char *what, const uint8_t *p, size_t n)
 	printf("\n");
 }
 
-static int fz_decode(const char *path)
+/* An input file, up to 1 MiB of it; NULL (said on stderr) if unreadable. */
+static const uint8_t *slurp(const char *path, size_t *n)
 {
 	static uint8_t buf[1 << 20];
 	FILE *f = fopen(path, "rb");
-	size_t n, pos, nctl;
-	int mode;
 
 	if (!f) {
 		perror(path);
-		return 1;
+		return NULL;
 	}
-	n = fread(buf, 1, sizeof(buf), f);
+	*n = fread(buf, 1, sizeof(buf), f);
 	fclose(f);
+	return buf;
+}
+
+static int fz_decode(const char *path)
+{
+	const uint8_t *buf;
+	size_t n, pos, nctl;
+	int mode;
+
+	if (!(buf = slurp(path, &n)))
+		return 1;
 	mode = n ? buf[0] : 0;
 	nctl = n > 1 ? buf[1] : 0;
 	if (nctl > (n > 2 ? n - 2 : 0))
@@ -2563,16 +2579,11 @@ static int fz_decode(const char *path)
 
 static int run_file(const char *path)
 {
-	static uint8_t buf[1 << 20];
-	FILE *f = fopen(path, "rb");
+	const uint8_t *buf;
 	size_t n;
 
-	if (!f) {
-		perror(path);
+	if (!(buf = slurp(path, &n)))
 		return 1;
-	}
-	n = fread(buf, 1, sizeof(buf), f);
-	fclose(f);
 	fprintf(stderr, "replay %s (%zu bytes)\n", path, n);
 	run_input(buf, n);
 	return 0;

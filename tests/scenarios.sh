@@ -56,6 +56,12 @@ imported_busid() {
 	wait_for_busid "$(gadget_id "$1")" vhci_hcd 30
 }
 
+# imported_disk GADGET: the /dev/sdX of a storage gadget's twin on vhci.
+imported_disk() {
+	local vb
+	vb=$(imported_busid "$1") && wait_for_disk "$vb" 30
+}
+
 # disk_check DISK IMAGE: write DATA_MIB MiB of random data through DISK
 # (bypassing the page cache both ways), read it back, and check that it
 # also landed in IMAGE, the file behind the gadget: the bytes really
@@ -116,11 +122,10 @@ kernel_server() {
 	usbip bind -b "$BUSID"
 	usbipd -D
 	wait_for_listen $PORT 10
-	local port vb disk
+	local port disk
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
 	echo "p2pusb attach: port $port"
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	disk_check "$disk" "$IMAGE"
 	$P2PUSB port | tee /tmp/port
 	grep -q "^port $port: .*127.0.0.1 3240 $BUSID" /tmp/port ||
@@ -137,10 +142,9 @@ p2pusb_both() {
 	start_server "$BUSID"
 	$P2PUSB list 127.0.0.1 | tee /tmp/list
 	grep -q "^$BUSID " /tmp/list || die "p2pusb list does not show $BUSID"
-	local port vb disk
+	local port disk
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	disk_check "$disk" "$IMAGE"
 	# p2pusb's record is the kernel tools' own: usbip port reads it.
 	usbip port | grep -q "usbip://127.0.0.1:3240/$BUSID" ||
@@ -151,32 +155,10 @@ p2pusb_both() {
 
 # 4. CDC-ACM serial: bulk both ways plus the interrupt endpoint.
 serial() {
-	local busid port vb tty gs
-	busid=$(gadget_acm s1)
-	gs=$(gadget_tty s1)
-	start_server "$busid"
-	port=$($P2PUSB attach 127.0.0.1 "$busid")
-	vb=$(imported_busid s1)
-	wait_for "find_tty_for_busid $vb" 20
-	tty=$(find_tty_for_busid "$vb")
-	stty -F "$tty" raw -echo
-	stty -F "$gs" raw -echo
-	head -c 1M /dev/urandom >/tmp/out
-	head -c 1M /dev/urandom >/tmp/in
-	# Both directions at once: each reader stops after exactly 1 MiB.
-	timeout 120 head -c 1M "$gs" >/tmp/got_out &
-	local r1=$!
-	timeout 120 head -c 1M "$tty" >/tmp/got_in &
-	local r2=$!
-	sleep 0.5
-	cat /tmp/out >"$tty" &
-	cat /tmp/in >"$gs" &
-	wait $r1 || die "gadget side read timed out"
-	wait $r2 || die "host side read timed out"
-	cmp /tmp/out /tmp/got_out || die "host to gadget stream differs"
-	cmp /tmp/in /tmp/got_in || die "gadget to host stream differs"
-	echo "$tty <-> $gs: 1 MiB each way, byte-identical"
-	$P2PUSB detach "$port"
+	start_server
+	acm_import s1
+	serial_check "$TTY" "$GS" 1024
+	$P2PUSB detach "$(vhci_port_of "$ACM_VB")"
 	wait_gone s1
 }
 
@@ -221,12 +203,11 @@ two_devices() {
 
 # 7. After detach the device is back with usb-storage and imports again.
 give_back() {
-	local port vb disk drv
+	local port disk drv
 	storage_gadget g1
 	start_server "$BUSID"
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
-	vb=$(imported_busid g1)
-	wait_for_disk "$vb" 30 >/dev/null
+	imported_disk g1 >/dev/null
 	drv=/sys/bus/usb/devices/$BUSID:1.0/driver
 	[ "$(basename "$(readlink $drv)")" = usbfs ] ||
 		die "server-side device is not held by p2pusb (usbfs)"
@@ -236,8 +217,7 @@ give_back() {
 		die "device not given back to usb-storage"
 	echo "$BUSID is bound to $(basename "$(readlink $drv)") again"
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	dd if="$disk" of=/dev/null bs=1M count=4 iflag=direct status=none
 	echo "imported again at once on port $port and read from $disk"
 	$P2PUSB detach "$port"
@@ -254,7 +234,7 @@ wait_port() {
 
 # The device side dials out (it is behind NAT); the client waits for it.
 dial_in() {
-	local port vb disk
+	local port disk
 	storage_gadget g1
 	$P2PUSB attach --listen 127.0.0.1:3241 "$BUSID" >/tmp/port &
 	local attach=$!
@@ -263,8 +243,7 @@ dial_in() {
 	SERVER_PID=$!
 	wait $attach || die "attach --listen failed"
 	port=$(cat /tmp/port)
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	disk_check "$disk" "$IMAGE"
 	$P2PUSB detach "$port"
 	wait_gone g1
@@ -275,14 +254,13 @@ dial_in() {
 
 # --via with a plain command standing in for ssh.
 via_pipe() {
-	local port vb disk
+	local port disk
 	storage_gadget g1
 	$P2PUSB -vv attach --via "$P2PUSB -v serve --stdio $BUSID" "$BUSID" \
 		>/tmp/port 2>"$LOG/relay.log" &
 	local relay=$!
 	port=$(wait_port /tmp/port)
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	disk_check "$disk" "$IMAGE"
 	$P2PUSB detach "$port"
 	wait_gone g1
@@ -297,7 +275,7 @@ via_pipe() {
 
 # --via through a real OpenSSH server on loopback, with a throwaway key.
 via_ssh() {
-	local port vb disk d=/tmp/ssh
+	local port disk d=/tmp/ssh
 	storage_gadget g1
 	mkdir -p $d /run/sshd && chmod 700 $d
 	ssh-keygen -q -t ed25519 -N "" -f $d/host
@@ -322,8 +300,7 @@ via_ssh() {
 	local relay=$!
 	# Key exchange under qemu's CPU emulation takes its time.
 	port=$(wait_port /tmp/port 120)
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	disk_check "$disk" "$IMAGE"
 	$P2PUSB detach "$port"
 	wait_gone g1
@@ -334,15 +311,14 @@ via_ssh() {
 
 # --persist: the server restarts mid-session; the device comes back.
 persist() {
-	local vb disk
+	local disk
 	storage_gadget g1
 	start_server "$BUSID"
 	$P2PUSB attach --persist 127.0.0.1 "$BUSID" >/tmp/ports \
 		2>"$LOG/persist.log" &
 	local keeper=$!
 	wait_port /tmp/ports >/dev/null
-	vb=$(imported_busid g1)
-	wait_for_disk "$vb" 30 >/dev/null
+	imported_disk g1 >/dev/null
 	stop_server
 	wait_gone g1
 	echo "server stopped: the device left the client"
@@ -350,8 +326,7 @@ persist() {
 	start_server "$BUSID"
 	wait_for "[ \$(wc -l </tmp/ports) -ge 2 ]" 60 ||
 		die "no re-import after the server came back"
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	disk_check "$disk" "$IMAGE"
 	grep "importing again" "$LOG/persist.log" | head -n 2
 	kill -TERM $keeper
@@ -362,14 +337,13 @@ persist() {
 
 # -vv: the server's trace of a known session holds the expected lines.
 trace() {
-	local port vb
+	local port
 	storage_gadget g1
 	$P2PUSB -vv serve -p $PORT "$BUSID" 2>"$LOG/serve.log" &
 	SERVER_PID=$!
 	wait_for_listen $PORT 10
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
-	vb=$(imported_busid g1)
-	wait_for_disk "$vb" 30 >/dev/null
+	imported_disk g1 >/dev/null
 	$P2PUSB detach "$port"
 	wait_gone g1
 	local want
@@ -473,9 +447,9 @@ serial_check() {
 	local tty=$1 gs=$2 kib=$3 r1 r2
 	head -c "${kib}K" /dev/urandom >/tmp/s_out
 	head -c "${kib}K" /dev/urandom >/tmp/s_in
-	timeout 60 head -c "${kib}K" "$gs" >/tmp/s_got_out &
+	timeout 120 head -c "${kib}K" "$gs" >/tmp/s_got_out &
 	r1=$!
-	timeout 60 head -c "${kib}K" "$tty" >/tmp/s_got_in &
+	timeout 120 head -c "${kib}K" "$tty" >/tmp/s_got_in &
 	r2=$!
 	sleep 0.5
 	cat /tmp/s_out >"$tty" &
@@ -678,8 +652,7 @@ fault_unplug() {
 			die "the running server does not offer the re-plugged $BUSID"
 	done
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	DATA_MIB=4 disk_check "$disk" "$IMAGE"
 	$P2PUSB detach "$port"
 	wait_gone g1
@@ -755,12 +728,11 @@ fault_netpath() {
 # same server copies 16 MiB.  Then both streams must still be exact, and
 # no session may have ended.
 fault_unlink_serial() {
-	local vb disk i fd w r c unlinks bus dev
+	local disk i fd w r c unlinks bus dev
 	storage_gadget g1
 	start_server
 	$P2PUSB attach 127.0.0.1 "$BUSID" >/dev/null
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	acm_import s1
 	read -r bus <"/sys/bus/usb/devices/$ACM_VB/busnum"
 	read -r dev <"/sys/bus/usb/devices/$ACM_VB/devnum"
@@ -799,12 +771,11 @@ fault_unlink_serial() {
 # a loopback gadget with 16 URBs in flight (its death makes usbfs kill
 # them all: CMD_UNLINKs in both directions).  Then every stream checks out.
 fault_unlink_kill() {
-	local vb disk i p
+	local disk i p
 	storage_gadget g1
 	start_server
 	$P2PUSB attach 127.0.0.1 "$BUSID" >/dev/null
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	acm_import s1
 	loopback_import l1
 	timeout 200 cat /dev/zero >"$GS" 2>/dev/null &
@@ -854,12 +825,11 @@ fault_unlink_kill() {
 # check after each (usbfs-poke storm), while a disk on the same server
 # copies 16 MiB.  The server runs those requests itself (run_intercepted).
 fault_unlink_halt() {
-	local vb disk c
+	local disk c
 	storage_gadget g1
 	start_server
 	$P2PUSB attach 127.0.0.1 "$BUSID" >/dev/null
-	vb=$(imported_busid g1)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g1)
 	loopback_import l1
 	$POKE check 65536 || die "loopback does not work to start with"
 	disk_check "$disk" "$IMAGE" storm >/tmp/disk.out 2>&1 &
@@ -923,7 +893,7 @@ fault_valgrind() {
 # through both, detach; the server's descriptors and resident memory, taken
 # between cycles, must stay flat.
 fault_soak() {
-	local fd0 rss0 fd1 rss1 fd2 rss2 cycles=0 vb disk p1 p2 start
+	local fd0 rss0 fd1 rss1 fd2 rss2 cycles=0 disk p1 p2 start
 	storage_gadget g1
 	ACM_BUSID=$(gadget_acm s1)
 	GS=$(gadget_tty s1)
@@ -934,8 +904,7 @@ fault_soak() {
 		[ $cycles -lt 30 ] || break
 		p1=$($P2PUSB attach 127.0.0.1 "$BUSID")
 		p2=$($P2PUSB attach 127.0.0.1 "$ACM_BUSID")
-		vb=$(imported_busid g1)
-		disk=$(wait_for_disk "$vb" 30)
+		disk=$(imported_disk g1)
 		ACM_VB=$(imported_busid s1)
 		wait_for "find_tty_for_busid $ACM_VB" 20
 		TTY=$(find_tty_for_busid "$ACM_VB")
@@ -996,7 +965,7 @@ fault_reconfigure() {
 # A client floods submits and never reads a reply: the server stops
 # reading it, its memory stays bounded, and another client is served.
 flood() {
-	local flooded port vb disk hwm fl
+	local flooded port disk hwm fl
 	storage_gadget g1
 	flooded=$BUSID
 	make_image /tmp/g2.img 64
@@ -1006,8 +975,7 @@ flood() {
 	fl=$!
 	sleep 5
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
-	vb=$(imported_busid g2)
-	disk=$(wait_for_disk "$vb" 30)
+	disk=$(imported_disk g2)
 	disk_check "$disk" /tmp/g2.img
 	hwm=$(awk '/VmHWM/ { print $2 }' /proc/$SERVER_PID/status)
 	wait $fl || die "flood client failed"

@@ -37,7 +37,8 @@ die() { echo "vm.sh: $*" >&2; exit 2; }
 
 if [ "${1:-}" = --install-deps ]; then
     # shellcheck disable=SC2086  # a list of names
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+    apt-get update -q || echo "vm.sh: apt-get update had errors; installing anyway"
+    DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends $PACKAGES
     exit
 fi
