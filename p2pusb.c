@@ -967,6 +967,7 @@ static void request_devlist(int fd, const char *peer)
 #define EP_NONE		0xff
 #define URB_SPARES	8		/* finished URBs a connection keeps, */
 #define SPARE_BYTES	(1u << 20)	/*   each with at most this buffer */
+#define BUF_PAGE	4096		/* smallest buffer mapped from usbfs */
 
 /* Bytes queued for a client: an URB's reply or a standalone message. */
 struct msg {
@@ -988,6 +989,7 @@ struct urb {
 	struct libusb_transfer *xfer;
 	uint8_t *buf;			/* control transfers: setup, then data */
 	size_t bufsize;
+	int mapped;			/* buf is usbfs memory (see alloc_buf) */
 	uint8_t *iso;			/* wire descriptors, rewritten for reply */
 	int max_packets;		/* what xfer and iso have room for */
 	int unlinked;			/* a CMD_UNLINK waits on this URB */
@@ -1108,10 +1110,45 @@ static int urb_packets(const struct urb *u)
 	return u->cmd.u.cmd_submit.number_of_packets;
 }
 
+/*
+ * Buffers of a page or more are usbfs's own memory, mapped from the device
+ * node: the kernel then moves the data straight between the device and the
+ * buffer we read() OUT payloads into and writev() IN replies from, instead
+ * of copying it in and out of a buffer of its own.  Kernels or boards that
+ * cannot map usbfs get plain malloc().
+ */
+static void alloc_buf(struct urb *u, size_t len)
+{
+	libusb_device_handle *h = u->conn->handle;
+	size_t mapped = (len + BUF_PAGE - 1) & ~(size_t)(BUF_PAGE - 1);
+
+	u->buf = NULL;
+	u->mapped = 0;
+	if (h && len >= BUF_PAGE &&
+	    (u->buf = libusb_dev_mem_alloc(h, mapped)) != NULL) {
+		u->mapped = 1;
+		u->bufsize = mapped;
+		return;
+	}
+	u->buf = malloc(len);
+	u->bufsize = len;
+}
+
+static void free_buf(struct urb *u)
+{
+	if (u->mapped)
+		libusb_dev_mem_free(u->conn->handle, u->buf, u->bufsize);
+	else
+		free(u->buf);
+	u->buf = NULL;
+	u->bufsize = 0;
+}
+
+/* Before the device closes: its mapped buffers go with it. */
 static void destroy_urb(struct urb *u)
 {
 	libusb_free_transfer(u->xfer);
-	free(u->buf);
+	free_buf(u);
 	free(u->iso);
 	free(u);
 }
@@ -1157,12 +1194,12 @@ static struct urb *get_urb(struct conn *c, size_t len, int np)
 	u->xfer = keep.xfer;
 	u->buf = keep.buf;
 	u->bufsize = keep.bufsize;
+	u->mapped = keep.mapped;
 	u->iso = keep.iso;
 	u->max_packets = keep.max_packets;
 	if (u->bufsize < len) {
-		free(u->buf);
-		u->buf = malloc(len);
-		u->bufsize = len;
+		free_buf(u);
+		alloc_buf(u, len);
 	}
 	if (!u->xfer || u->max_packets < np) {
 		libusb_free_transfer(u->xfer);

@@ -295,6 +295,7 @@ struct libusb_device_handle {
 	libusb_device *dev;
 	uint32_t claimed;	/* by interface number */
 	int fd;			/* wrapped usbfs descriptor; -1: libusb_open */
+	int mapped;		/* libusb_dev_mem_alloc buffers not yet freed */
 };
 
 /* A transfer: this header, then the libusb_transfer, then its packets. */
@@ -1032,6 +1033,9 @@ void libusb_close(libusb_device_handle *h)
 			fz_fail("libusb", "usbfs descriptor %d closed before "
 				"libusb_close", h->fd);
 	}
+	if (h->mapped)
+		fz_fail("libusb", "libusb_close with %d mapped buffers left",
+			h->mapped);
 	for (i = 0; i < 32; i++)
 		if (h->claimed >> i & 1)
 			fz_release(h, i);
@@ -1053,6 +1057,31 @@ static void read_buffer(const uint8_t *p, size_t len)
 	for (i = 0; i < len; i++)
 		x ^= p[i];
 	fz_sink = x;
+}
+
+/* usbfs memory, as malloc: every odd call fails, as on a kernel without
+ * usbfs mmap, so both of p2pusb's buffer kinds are exercised. */
+unsigned char *libusb_dev_mem_alloc(libusb_device_handle *h, size_t len)
+{
+	static unsigned calls;
+	unsigned char *p;
+
+	if (!h || len == 0 || len % 4096)
+		fz_fail("libusb", "libusb_dev_mem_alloc of %zu bytes", len);
+	if (calls++ % 2 || !(p = malloc(len)))
+		return NULL;
+	h->mapped++;
+	return p;
+}
+
+int libusb_dev_mem_free(libusb_device_handle *h, unsigned char *buf,
+			size_t len)
+{
+	if (!h || !buf || len == 0 || h->mapped == 0)
+		fz_fail("libusb", "libusb_dev_mem_free of %zu bytes", len);
+	h->mapped--;
+	free(buf);
+	return 0;
 }
 
 struct libusb_transfer *libusb_alloc_transfer(int iso_packets)
