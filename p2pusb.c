@@ -1020,6 +1020,7 @@ struct conn {
 	size_t rxneed, rxhave;
 	uint8_t inbuf[8192];		/* read ahead, not yet taken */
 	size_t inoff, inlen;
+	int drained;			/* the last read() emptied the socket */
 	struct urb *rxurb;
 
 	struct msg *outq, **outtail;	/* writing */
@@ -1985,19 +1986,29 @@ static int wants_input(const struct conn *c)
 /*
  * Headers and short payloads come out of a read-ahead buffer, so one
  * read() serves several of them; a large OUT payload is read straight
- * into its transfer buffer.  Returns the bytes added to rxdst, as read().
+ * into its transfer buffer.  A short read means the socket is empty, so
+ * the next read() waits for poll() instead of failing with EAGAIN.
+ * Returns the bytes added to rxdst, as read().
  */
 static ssize_t fill_input(struct conn *c)
 {
 	size_t want = c->rxneed - c->rxhave, n = c->inlen - c->inoff;
 	ssize_t got;
 
-	if (n == 0 && want >= sizeof(c->inbuf))
-		return read(c->fd, c->rxdst + c->rxhave, want);
+	if (n == 0 && c->drained) {
+		errno = EAGAIN;	/* poll() says when there is more */
+		return -1;
+	}
+	if (n == 0 && want >= sizeof(c->inbuf)) {
+		got = read(c->fd, c->rxdst + c->rxhave, want);
+		c->drained = got >= 0 && (size_t)got < want;
+		return got;
+	}
 	if (n == 0) {
 		got = read(c->fd, c->inbuf, sizeof(c->inbuf));
 		if (got <= 0)
 			return got;
+		c->drained = (size_t)got < sizeof(c->inbuf);
 		c->inoff = 0;
 		c->inlen = n = (size_t)got;
 	}
@@ -2036,6 +2047,13 @@ static void read_input(struct conn *c)
 		if (c->rxhave == c->rxneed)
 			on_input(c);
 	}
+}
+
+/* poll() says the socket has input, or an error or EOF to read. */
+static void read_ready(struct conn *c)
+{
+	c->drained = 0;
+	read_input(c);
 }
 
 /* Drops N written bytes from the front of the queue. */
@@ -2517,7 +2535,7 @@ static void dispatch(struct server *sv, int ready)
 		if (ev & (POLLOUT | POLLERR | POLLHUP))
 			write_output(c);
 		if (ev & (POLLIN | POLLERR | POLLHUP))
-			read_input(c);
+			read_ready(c);
 		if (c->fd >= 0)
 			write_output(c);
 	}

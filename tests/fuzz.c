@@ -10,7 +10,7 @@
  * device "1-1" and its interfaces; the usbfs node is an empty file), kept
  * in step with the fake device's configuration.  A connection is a socketpair:
  * the harness plays the client on one end, writes the fuzz input into it in
- * chunks, and runs the server's own read_input / write_output / reap_conns
+ * chunks, and runs the server's own read_ready / write_output / reap_conns
  * plus the fake's event handling in a loop, the way serve() does.  At the
  * end it closes its end and runs until the connection is reaped, so leaks
  * (LSan) and use-after-free at teardown are caught.
@@ -2000,7 +2000,7 @@ static void fz_pump(void)
 		if (c->fd < 0)
 			continue;
 		write_output(c);
-		read_input(c);
+		read_ready(c);
 		if (c->fd >= 0)
 			write_output(c);
 	}
