@@ -449,6 +449,90 @@ counts() {
 	stop_usbipd
 }
 
+# ---- legs mode: where one URB's round trip goes ----
+#
+# usbmon stamps every URB on both buses with one clock: submitted on vhci
+# (the client's driver), submitted on dummy_hcd (by the server), completed
+# on dummy_hcd, completed on vhci.  With one URB in flight at a time
+# (ctrl, rand4k) the four follow each other, and their gaps are the
+# request's way to the device, the device's own time and the reply's way
+# back.  Medians, in microseconds, as L lines in results.  p2k-pinned
+# runs the server on CPU 1 and the load on CPU 0: a wakeup then needs no
+# switch of address space, which QEMU's TCG pays with a full TLB flush
+# (kernel threads such as stub_rx never switch).
+
+# legs_of FILE VHCI_BUS DEV_BUS: "request device reply" medians.
+legs_of() {
+	awk -v vb="$2" -v db="$3" '
+	function med(a, n,   i, j, t) {
+		for (i = 2; i <= n; i++)	# insertion sort: n is small
+			for (j = i; j > 1 && a[j - 1] > a[j]; j--) {
+				t = a[j]; a[j] = a[j - 1]; a[j - 1] = t
+			}
+		return n ? a[int((n + 1) / 2)] : 0
+	}
+	{ split($4, f, ":"); bus = f[2] + 0 }
+	bus == vb && $3 == "S" { t0 = $2; st = 1; next }
+	bus == db && $3 == "S" && st == 1 { t1 = $2; st = 2; next }
+	bus == db && $3 == "C" && st == 2 { t2 = $2; st = 3; next }
+	bus == vb && $3 == "C" && st == 3 {
+		n++; rq[n] = t1 - t0; dv[n] = t2 - t1; rp[n] = $2 - t2
+		st = 0; next
+	}
+	bus == vb { st = 0 }	# anything else: not one URB at a time
+	END { printf "%d %d %d %d\n", n, med(rq, n), med(dv, n), med(rp, n) }
+	' "$1"
+}
+
+# legs_pass NAME: the ctrl and rand4k workloads under usbmon.
+legs_pass() {
+	local name=$1 w vb db mon_pid r
+	read -r vb <"/sys/bus/usb/devices/$VB/busnum"
+	read -r db <"/sys/bus/usb/devices/$B1/busnum"
+	for w in ctrl rand4k; do
+		cat /sys/kernel/debug/usb/usbmon/0u >/tmp/usbmon-$name-$w.txt &
+		mon_pid=$!
+		sleep 0.5
+		workload $w
+		sleep 0.5
+		kill $mon_pid; wait $mon_pid 2>/dev/null
+		read -r -a r <<<"$(legs_of /tmp/usbmon-$name-$w.txt "$vb" "$db")"
+		rec L "$name" $w urbs "${r[0]}"
+		rec L "$name" $w request_us "${r[1]}"
+		rec L "$name" $w device_us "${r[2]}"
+		rec L "$name" $w reply_us "${r[3]}"
+	done
+}
+
+legs() {
+	start_p2pusb "$B1" || return 1
+	attach_g1 || return 1
+	workload seqread
+	legs_pass p2k
+	detach_g1
+	stop_p2pusb
+	# The same with the server and the client's load on a CPU each.
+	local saved=$P2PUSB
+	P2PUSB="taskset -c 1 $P2PUSB"
+	start_p2pusb "$B1" || return 1
+	P2PUSB=$saved
+	attach_g1 || return 1
+	workload seqread
+	taskset -p -c 0 $$ >/dev/null	# this shell and the load it runs
+	legs_pass p2k-pinned
+	taskset -p -c 0-63 $$ >/dev/null 2>&1
+	detach_g1
+	stop_p2pusb
+	usbip bind -b "$B1" >/dev/null || return 1
+	start_usbipd || return 1
+	attach_g1 || return 1
+	workload seqread
+	legs_pass kernel
+	detach_g1
+	usbip unbind -b "$B1" >/dev/null
+	stop_usbipd
+}
+
 # ---- main ----
 
 load_usb_modules 4 2>/dev/null
@@ -469,6 +553,10 @@ if [ "${1:-}" = profile ]; then
 fi
 if [ "${1:-}" = counts ]; then
 	counts
+	exit
+fi
+if [ "${1:-}" = legs ]; then
+	legs
 	exit
 fi
 

@@ -6,6 +6,8 @@
 #        tests/bench.sh --profile [-o OUTDIR]       perf profile of serve
 #        tests/bench.sh --counts [-o OUTDIR] [-c NAME=BINARY]...
 #                             per-URB syscalls, context switches, faults
+#        tests/bench.sh --legs [-o OUTDIR]
+#                             one URB's round trip in three legs (usbmon)
 #
 # Boots the test VM (tests/vm.sh) once and runs tests/bench-guest.sh in
 # it, which measures one mass-storage gadget on dummy_hcd along every
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
 	-p) paths=$2; shift 2 ;;
 	--profile) profile=1; shift ;;
 	--counts) profile=2; shift ;;
+	--legs) profile=3; shift ;;
 	*) sed -n '/^# Usage/,/^$/s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
 	esac
 done
@@ -108,6 +111,29 @@ if [ $profile = 2 ]; then
 			if ((order[i] SUBSEP "all" SUBSEP "rss_kib") in v)
 				printf "peak RSS %s: %s KiB\n", order[i], v[order[i], "all", "rss_kib"]
 	}' "$out/results.txt" | tee "$out/counts.txt"
+	exit $rc
+fi
+if [ $profile = 3 ]; then
+	tests/vm.sh -t 900 -q "$qemu_args" -o "$out" tests/bench-guest.sh legs \
+		>"$out/vm-1.log" 2>&1
+	rc=$?
+	awk '
+	$1 == "L" { v[$2, $3, $4] = $5; if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+	END {
+		print "median microseconds per URB, one in flight (usbmon, both buses)"
+		printf "%-10s %-7s %6s %9s %9s %9s %9s\n", "server", "load", "URBs",
+			"request", "device", "reply", "total"
+		split("ctrl rand4k", loads, " ")
+		for (i = 1; i <= n; i++)
+			for (w = 1; w <= 2; w++) {
+				k = loads[w]
+				rq = v[order[i], k, "request_us"]
+				dv = v[order[i], k, "device_us"]
+				rp = v[order[i], k, "reply_us"]
+				printf "%-10s %-7s %6d %9d %9d %9d %9d\n", order[i], k,
+					v[order[i], k, "urbs"], rq, dv, rp, rq + dv + rp
+			}
+	}' "$out/results.txt" | tee "$out/legs.txt"
 	exit $rc
 fi
 if [ $profile = 1 ]; then
