@@ -967,7 +967,14 @@ static void request_devlist(int fd, const char *peer)
 #define EP_NONE		0xff
 #define URB_SPARES	8		/* finished URBs a connection keeps, */
 #define SPARE_BYTES	(1u << 20)	/*   each with at most this buffer */
-#define BUF_PAGE	4096		/* smallest buffer mapped from usbfs */
+#define MAPPED_LIMIT	(4u << 20)	/* usbfs-mapped buffers, all devices */
+
+/* DMA memory is cache-coherent here, so usbfs maps it cached: alloc_buf(). */
+#if defined(__x86_64__) || defined(__i386__)
+#define MAP_USBFS	1
+#else
+#define MAP_USBFS	0
+#endif
 
 /* Bytes queued for a client: an URB's reply or a standalone message. */
 struct msg {
@@ -1028,6 +1035,7 @@ struct conn {
 
 	struct urb *spare[URB_SPARES];	/* finished, kept for reuse */
 	int nspare;
+	int nmapped;			/* URBs with a buffer mapped from usbfs */
 
 	struct urb *inflight;		/* submitted to libusb */
 	unsigned ninflight;
@@ -1115,20 +1123,35 @@ static int urb_packets(const struct urb *u)
  * Buffers of a page or more are usbfs's own memory, mapped from the device
  * node: the kernel then moves the data straight between the device and the
  * buffer we read() OUT payloads into and writev() IN replies from, instead
- * of copying it in and out of a buffer of its own.  Kernels or boards that
- * cannot map usbfs get plain malloc().
+ * of copying it in and out of a buffer of its own.
+ *
+ * Three limits keep that a gain.  Only where DMA is cache-coherent (x86):
+ * elsewhere usbfs may map the memory uncached, and every reply read from
+ * it would cost more than the copy saved.  A connection maps at most
+ * URB_SPARES buffers and keeps them until it ends (see put_urb()): a
+ * mapping is slow to make.  And usbfs charges mappings to its system-wide
+ * budget (usbfs_memory_mb, 16 MiB by default), the one that also pays for
+ * every malloc'd buffer in flight: MAPPED_LIMIT leaves most of it to those
+ * and to other programs.  Past any limit, or where the kernel cannot map
+ * usbfs, buffers come from malloc().
  */
+static size_t mapped_bytes;
+
 static void alloc_buf(struct urb *u, size_t len)
 {
-	libusb_device_handle *h = u->conn->handle;
-	size_t mapped = (len + BUF_PAGE - 1) & ~(size_t)(BUF_PAGE - 1);
+	struct conn *c = u->conn;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t mapped = (len + page - 1) / page * page;
 
 	u->buf = NULL;
 	u->mapped = 0;
-	if (h && len >= BUF_PAGE &&
-	    (u->buf = libusb_dev_mem_alloc(h, mapped)) != NULL) {
+	if (MAP_USBFS && c->handle && len >= page &&
+	    c->nmapped < URB_SPARES && mapped_bytes + mapped <= MAPPED_LIMIT &&
+	    (u->buf = libusb_dev_mem_alloc(c->handle, mapped)) != NULL) {
 		u->mapped = 1;
 		u->bufsize = mapped;
+		mapped_bytes += mapped;
+		c->nmapped++;
 		return;
 	}
 	u->buf = malloc(len);
@@ -1137,12 +1160,16 @@ static void alloc_buf(struct urb *u, size_t len)
 
 static void free_buf(struct urb *u)
 {
-	if (u->mapped)
+	if (u->mapped) {
 		libusb_dev_mem_free(u->conn->handle, u->buf, u->bufsize);
-	else
+		mapped_bytes -= u->bufsize;
+		u->conn->nmapped--;
+	} else {
 		free(u->buf);
+	}
 	u->buf = NULL;
 	u->bufsize = 0;
+	u->mapped = 0;
 }
 
 /* Before the device closes: its mapped buffers go with it. */
@@ -1154,15 +1181,32 @@ static void destroy_urb(struct urb *u)
 	free(u);
 }
 
-/* A finished URB: kept as a spare while its connection lives. */
+/*
+ * A finished URB: kept as a spare while its connection lives.  A mapped
+ * one always stays, in place of an unmapped spare if need be: with at most
+ * URB_SPARES mapped per connection, there is always one to give way.
+ */
 static void put_urb(struct urb *u)
 {
 	struct conn *c = u->conn;
+	int i;
 
-	if (c->fd >= 0 && c->nspare < URB_SPARES && u->bufsize <= SPARE_BYTES)
-		c->spare[c->nspare++] = u;
-	else
+	if (c->fd < 0 || (!u->mapped && u->bufsize > SPARE_BYTES)) {
 		destroy_urb(u);
+		return;
+	}
+	if (c->nspare < URB_SPARES) {
+		c->spare[c->nspare++] = u;
+		return;
+	}
+	for (i = 0; u->mapped && i < c->nspare; i++) {
+		if (!c->spare[i]->mapped) {
+			destroy_urb(c->spare[i]);
+			c->spare[i] = u;
+			return;
+		}
+	}
+	destroy_urb(u);
 }
 
 /*

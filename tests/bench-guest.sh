@@ -36,6 +36,9 @@
 #
 # bench-guest.sh counts: per-URB syscalls, context switches and page
 # faults of each server (see "counts mode" below), as C lines in results.
+#
+# bench-guest.sh legs: one URB's round trip split into request, device and
+# reply (see "legs mode" below), as L lines in results.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 . tests/guest-lib.sh
@@ -435,6 +438,9 @@ counts() {
 		count_pass "$name" "$SERVER_PID"
 		strace_pass "$name" "$SERVER_PID"
 		rec C "$name" all rss_kib "$(vmhwm_kib "$SERVER_PID")"
+		# Transfer buffers mapped from usbfs (libusb_dev_mem_alloc).
+		rec C "$name" all usbfs_maps \
+			"$(grep -c ' /dev/bus/usb/' "/proc/$SERVER_PID/maps")"
 		detach_g1
 		stop_p2pusb
 	done

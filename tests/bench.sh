@@ -110,6 +110,9 @@ if [ $profile = 2 ]; then
 		for (i = 1; i <= n; i++)
 			if ((order[i] SUBSEP "all" SUBSEP "rss_kib") in v)
 				printf "peak RSS %s: %s KiB\n", order[i], v[order[i], "all", "rss_kib"]
+		for (i = 1; i <= n; i++)
+			if ((order[i] SUBSEP "all" SUBSEP "usbfs_maps") in v)
+				printf "buffers mapped from usbfs %s: %s\n", order[i], v[order[i], "all", "usbfs_maps"]
 	}' "$out/results.txt" | tee "$out/counts.txt"
 	exit $rc
 fi

@@ -1068,6 +1068,9 @@ unsigned char *libusb_dev_mem_alloc(libusb_device_handle *h, size_t len)
 
 	if (!h || len == 0 || len % 4096)
 		fz_fail("libusb", "libusb_dev_mem_alloc of %zu bytes", len);
+	if (h->mapped >= URB_SPARES)
+		fz_fail("p2pusb", "more than %d buffers mapped for one device",
+			URB_SPARES);
 	if (calls++ % 2 || !(p = malloc(len)))
 		return NULL;
 	h->mapped++;
