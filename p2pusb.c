@@ -1172,7 +1172,7 @@ static void free_buf(struct urb *u)
 	u->mapped = 0;
 }
 
-/* Before the device closes: its mapped buffers go with it. */
+/* Only while the device is open: a mapped buffer is freed through it. */
 static void destroy_urb(struct urb *u)
 {
 	libusb_free_transfer(u->xfer);
