@@ -1216,7 +1216,7 @@ static void put_urb(struct urb *u)
  */
 static struct urb *get_urb(struct conn *c, size_t len, int np)
 {
-	struct urb *u, keep = { 0 };
+	struct urb *u;
 	int i, best = -1;
 
 	for (i = 0; i < c->nspare; i++)
@@ -1230,18 +1230,12 @@ static struct urb *get_urb(struct conn *c, size_t len, int np)
 	if (best >= 0) {
 		u = c->spare[best];
 		c->spare[best] = c->spare[--c->nspare];
-		keep = *u;
-	} else if (!(u = malloc(sizeof(*u)))) {
+		u->unlinked = 0;
+	} else if ((u = calloc(1, sizeof(*u))) != NULL) {
+		u->conn = c;
+	} else {
 		err(1, "malloc");
 	}
-	memset(u, 0, sizeof(*u));
-	u->conn = c;
-	u->xfer = keep.xfer;
-	u->buf = keep.buf;
-	u->bufsize = keep.bufsize;
-	u->mapped = keep.mapped;
-	u->iso = keep.iso;
-	u->max_packets = keep.max_packets;
 	if (u->bufsize < len) {
 		free_buf(u);
 		alloc_buf(u, len);
@@ -1255,8 +1249,6 @@ static struct urb *get_urb(struct conn *c, size_t len, int np)
 	}
 	if (!u->buf || !u->xfer || !u->iso)
 		err(1, "out of memory for an URB of %zu bytes", len);
-	u->xfer->flags = 0;
-	u->xfer->num_iso_packets = 0;
 	return u;
 }
 
@@ -1862,6 +1854,10 @@ static void submit_urb(struct urb *u)
 		queue_ret_submit(u, -EINVAL, 0, 0);
 		return;
 	}
+	/* A reused transfer keeps what its last fill left: reset that. */
+	u->xfer->num_iso_packets = 0;
+	u->xfer->flags = cmd->transfer_flags & URB_ZERO_PACKET ?
+			 LIBUSB_TRANSFER_ADD_ZERO_PACKET : 0;
 	switch (type) {
 	case LIBUSB_TRANSFER_TYPE_CONTROL:
 		if (run_intercepted(u))
@@ -1890,8 +1886,6 @@ static void submit_urb(struct urb *u)
 	default:
 		status = -EPIPE;	/* no such endpoint right now */
 	}
-	if (cmd->transfer_flags & URB_ZERO_PACKET)
-		u->xfer->flags |= LIBUSB_TRANSFER_ADD_ZERO_PACKET;
 
 	if (status == 0) {
 		rc = libusb_submit_transfer(u->xfer);
@@ -2529,13 +2523,9 @@ static void redial(struct server *sv)
 static int next_wakeup_ms(struct server *sv)
 {
 	int wait_ms = expire_handshakes();
-	struct conn *c;
 
 	if (stop_requested)
 		return 100;
-	for (c = conns; c; c = c->next)
-		if (c->fd >= 0 && input_waiting(c))
-			return 0;
 	if (sv->o->dial && !conns) {
 		long long now = now_ms();
 		int redial_in = sv->redial_ms > now ?
@@ -2585,7 +2575,7 @@ static void dispatch(struct server *sv, int ready)
 	}
 	/* Room again for a client that was not read while behind. */
 	for (c = conns; c; c = c->next)
-		if (c->fd >= 0 && input_waiting(c))
+		if (input_waiting(c))
 			read_input(c);
 }
 
