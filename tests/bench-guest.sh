@@ -16,9 +16,8 @@
 #            (bench.sh -c N=BINARY): A/B within one run
 #
 # For each: sequential read and write (dd O_DIRECT bs=1M, 64 MiB), 4 KiB
-# random reads at queue depth 1 (tests/rand-read.c), GET_DESCRIPTOR round
-# trips through usbfs (tests/ctrl-bench.c), the server's CPU time over the
-# sequential part (p2pusb: its /proc/PID/stat; kernel: its stub_rx and
+# random reads at queue depth 1 and GET_DESCRIPTOR round trips through
+# usbfs (tests/rtt-bench.c), the server's CPU time over the sequential part (p2pusb: its /proc/PID/stat; kernel: its stub_rx and
 # stub_tx threads only) and the server's VmHWM.
 #
 # Results are appended as they come to $P2PUSB_OUT/results.txt:
@@ -47,7 +46,7 @@ cd "$(dirname "$0")/.." || exit 2
 # rebuild in the work tree during the run changes nothing.
 BIN=$P2PUSB_OUT/bin
 P2PUSB=$BIN/p2pusb
-[ -x "$P2PUSB" ] && [ -x "$BIN/rand-read" ] && [ -x "$BIN/ctrl-bench" ] ||
+[ -x "$P2PUSB" ] && [ -x "$BIN/rtt-bench" ] ||
 	die "no binaries in $BIN: run me through tests/bench.sh"
 PORT=3240
 MIB=64
@@ -80,8 +79,6 @@ kthread_pids() {
 	done
 }
 
-vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
-
 # dd_mbps ARGS...: run dd, print its rate in MB/s (10^6 bytes/s).
 dd_mbps() {
 	local out
@@ -89,29 +86,11 @@ dd_mbps() {
 	echo "$out" | awk '/copied/ { printf "%.2f\n", $1 / 1e6 / $(NF - 3) }'
 }
 
-usbfs_node() {
-	local b d
-	read -r b <"/sys/bus/usb/devices/$1/busnum" || return 1
-	read -r d <"/sys/bus/usb/devices/$1/devnum" || return 1
-	printf '/dev/bus/usb/%03d/%03d\n' "$b" "$d"
-}
-
-vhci_port_of() {
-	awk -v b="$1" '$7 == b { print $2 + 0 }' \
-		/sys/devices/platform/vhci_hcd.0/status*
-}
-
-wait_gone() {
-	wait_for "[ -z \"\$(usb_busids $(gadget_id "$1") vhci_hcd)\" ]" 20
-}
-
-imported_busid() { wait_for_busid "$(gadget_id "$1")" vhci_hcd 30; }
-
 SERVER_PID=
 start_p2pusb() {
 	$P2PUSB serve -p $PORT "$@" 2>>"$P2PUSB_OUT/serve.log" &
 	SERVER_PID=$!
-	wait_for_listen $PORT 10
+	wait_for_listen $PORT 120	# P2PUSB may be valgrind ... p2pusb
 }
 stop_p2pusb() {
 	[ -n "$SERVER_PID" ] || return 0
@@ -134,6 +113,33 @@ stop_usbipd() {
 	USBIPD_PID=
 }
 
+# attach_g1: usbip attach g1 from the server on $PORT; sets VB, VB_BUS
+# and DISK.
+attach_g1() {
+	usbip attach -r 127.0.0.1 -b "$B1" || return 1
+	VB=$(imported_busid g1) || return 1
+	read -r VB_BUS <"/sys/bus/usb/devices/$VB/busnum"
+	DISK=$(wait_for_disk "$VB" 60) || return 1
+}
+detach_g1() {
+	usbip detach -p "$(vhci_port_of "$VB")" >/dev/null
+	wait_gone g1
+}
+
+# with_usbip_host CMD...: CMD with g1 exported by the kernel's usbip-host
+# and imported with usbip attach (VB, VB_BUS and DISK set).
+with_usbip_host() {
+	local rc=0
+	usbip bind -b "$B1" >/dev/null || return 1
+	start_usbipd || return 1
+	attach_g1 || return 1
+	"$@" || rc=1
+	detach_g1
+	usbip unbind -b "$B1" >/dev/null
+	stop_usbipd
+	return $rc
+}
+
 # measure PATH ROUND DISK BUSID CPU-PIDS...: the four figures on DISK (the
 # usb-storage disk of the device at BUSID) plus the server's CPU time.
 measure() {
@@ -152,9 +158,9 @@ measure() {
 				'BEGIN { printf "%.2f", t / hz / (2 * m / 1024) }')"
 	fi
 	rec R "$path" "$round" iops \
-		"$($BIN/rand-read "$disk" $RAND_SECS | awk '{ print $2 }')"
+		"$($BIN/rtt-bench read4k "$disk" $RAND_SECS | awk '{ print $2 }')"
 	rec R "$path" "$round" ctrl_rtt \
-		"$($BIN/ctrl-bench "$(usbfs_node "$busid")" $CTRL_SECS | awk '{ print $2 }')"
+		"$($BIN/rtt-bench ctrl "$(usbfs_node "$busid")" $CTRL_SECS | awk '{ print $2 }')"
 	info "$path round $round: read $r MB/s, write $w MB/s"
 }
 
@@ -166,38 +172,22 @@ path_direct() {
 	measure direct "$1" "$disk" "$B1"
 }
 
-path_kernel() {
-	local vb disk port rc=0
-	usbip bind -b "$B1" >/dev/null || return 1
-	start_usbipd || return 1
-	usbip attach -r 127.0.0.1 -b "$B1" || return 1
-	vb=$(imported_busid g1) || return 1
-	disk=$(wait_for_disk "$vb" 30) || return 1
+path_kernel() { with_usbip_host measure_kernel "$1"; }
+
+measure_kernel() {
 	# shellcheck disable=SC2046  # a list of PIDs
-	measure kernel "$1" "$disk" "$vb" $(kthread_pids stub_rx stub_tx) || rc=1
-	port=$(vhci_port_of "$vb")
-	usbip detach -p "$port" >/dev/null
-	wait_gone g1
-	usbip unbind -b "$B1" >/dev/null
-	stop_usbipd
-	return $rc
+	measure kernel "$1" "$DISK" "$VB" $(kthread_pids stub_rx stub_tx)
 }
 
 # path_p2k ROUND [NAME BINARY]: p2pusb serve <-> usbip attach; with NAME,
 # a candidate build of p2pusb (bench.sh -c NAME=BINARY) in the same place.
 path_p2k() {
-	local name=${2:-p2k} vb disk port rc=0 saved=$P2PUSB
-	P2PUSB=${3:-$P2PUSB}
-	start_p2pusb "$B1" || { P2PUSB=$saved; return 1; }
-	P2PUSB=$saved
-	usbip attach -r 127.0.0.1 -b "$B1" || return 1
-	vb=$(imported_busid g1) || return 1
-	disk=$(wait_for_disk "$vb" 30) || return 1
-	measure "$name" "$1" "$disk" "$vb" "$SERVER_PID" || rc=1
-	rec R "$name" "$1" rss_kib "$(vmhwm_kib "$SERVER_PID")"
-	port=$(vhci_port_of "$vb")
-	usbip detach -p "$port" >/dev/null
-	wait_gone g1
+	local name=${2:-p2k} rc=0
+	P2PUSB=${3:-$P2PUSB} start_p2pusb "$B1" || return 1
+	attach_g1 || return 1
+	measure "$name" "$1" "$DISK" "$VB" "$SERVER_PID" || rc=1
+	rec R "$name" "$1" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
+	detach_g1
 	stop_p2pusb
 	return $rc
 }
@@ -209,7 +199,7 @@ path_p2p() {
 	vb=$(imported_busid g1) || return 1
 	disk=$(wait_for_disk "$vb" 30) || return 1
 	measure p2p "$1" "$disk" "$vb" "$SERVER_PID" || rc=1
-	rec R p2p "$1" rss_kib "$(vmhwm_kib "$SERVER_PID")"
+	rec R p2p "$1" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
 	$P2PUSB detach "$port"
 	wait_gone g1
 	stop_p2pusb
@@ -243,7 +233,7 @@ path_p2x2() {
 	c1=$(cpu_ticks "$SERVER_PID")
 	rec R p2x2 "$1" cpu_s_per_gib "$(awk -v t=$((c1 - c0)) -v hz="$TCK" \
 		-v m=$MIB 'BEGIN { printf "%.2f", t / hz / (4 * m / 1024) }')"
-	rec R p2x2 "$1" rss_kib "$(vmhwm_kib "$SERVER_PID")"
+	rec R p2x2 "$1" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
 	p1=$(vhci_port_of "$v1"); p2=$(vhci_port_of "$v2")
 	usbip detach -p "$p1" >/dev/null
 	usbip detach -p "$p2" >/dev/null
@@ -266,21 +256,11 @@ cleanup() {
 
 # ---- profile mode ----
 
-# attach_g1: usbip attach g1 from the server on $PORT; sets VB and DISK.
-attach_g1() {
-	usbip attach -r 127.0.0.1 -b "$B1" || return 1
-	VB=$(imported_busid g1) || return 1
-	DISK=$(wait_for_disk "$VB" 60) || return 1
-}
-detach_g1() {
-	usbip detach -p "$(vhci_port_of "$VB")" >/dev/null
-	wait_gone g1
-}
 copy_load() {	# MIB: a read, a write, random reads, control requests
 	dd if="$DISK" of=/dev/null bs=1M count="$1" iflag=direct
 	dd if=/dev/zero of="$DISK" bs=1M count="$1" oflag=direct
-	$BIN/rand-read "$DISK" 3
-	$BIN/ctrl-bench "$(usbfs_node "$VB")" 2
+	$BIN/rtt-bench read4k "$DISK" 3
+	$BIN/rtt-bench ctrl "$(usbfs_node "$VB")" 2
 }
 
 # perf_pass NAME: the whole guest under perf (cpu-clock, every CPU) while
@@ -288,12 +268,10 @@ copy_load() {	# MIB: a read, a write, random reads, control requests
 perf_pass() {
 	# perf stops cleanly when its command ends (a SIGINT to a perf in the
 	# background is ignored: non-interactive shells start jobs so).
+	export -f copy_load usbfs_node
+	export BIN DISK VB
 	perf record -q -a -e cpu-clock -F 1000 -g -o /tmp/perf-$1.data -- \
-		bash -c "dd if=$DISK of=/dev/null bs=1M count=$PROFILE_MIB iflag=direct
-			 dd if=/dev/zero of=$DISK bs=1M count=$PROFILE_MIB oflag=direct
-			 $BIN/rand-read $DISK 3
-			 $BIN/ctrl-bench $(usbfs_node "$VB") 2" \
-		>"$P2PUSB_OUT/perf-load-$1.txt" 2>&1
+		bash -c "copy_load $PROFILE_MIB" >"$P2PUSB_OUT/perf-load-$1.txt" 2>&1
 	cat "$P2PUSB_OUT/perf-load-$1.txt"
 	perf report -i /tmp/perf-$1.data --stdio --no-children --sort comm \
 		-g none >"$P2PUSB_OUT/perf-$1-comm.txt" 2>&1
@@ -313,27 +291,14 @@ profile() {
 	attach_g1 || return 1
 	echo "max_sectors_kb $(cat /sys/block/${DISK#/dev/}/queue/max_sectors_kb)"
 	perf_pass p2pusb
+	detach_g1
+	stop_p2pusb
 	# The same load through the kernel's usbip-host, for comparison.
-	detach_g1
-	stop_p2pusb
-	usbip bind -b "$B1" >/dev/null || return 1
-	start_usbipd || return 1
-	attach_g1 || return 1
-	perf_pass kernel
-	detach_g1
-	usbip unbind -b "$B1" >/dev/null
-	stop_usbipd
-	start_p2pusb "$B1" || return 1
-	attach_g1 || return 1
-
-	detach_g1
-	stop_p2pusb
+	with_usbip_host perf_pass kernel || return 1
 
 	# User-space instruction profile: a smaller copy under callgrind.
-	P2PUSB="valgrind --tool=callgrind --callgrind-out-file=$P2PUSB_OUT/callgrind.out $BIN/p2pusb"
-	$P2PUSB serve -p $PORT "$B1" 2>>"$P2PUSB_OUT/serve.log" &
-	SERVER_PID=$!
-	wait_for_listen $PORT 120 || return 1
+	P2PUSB="valgrind --tool=callgrind --callgrind-out-file=$P2PUSB_OUT/callgrind.out $BIN/p2pusb" \
+		start_p2pusb "$B1" || return 1
 	attach_g1 || return 1
 	copy_load 4
 	detach_g1
@@ -370,22 +335,25 @@ workload() {
 	case $1 in
 	seqread) dd if="$DISK" of=/dev/null bs=1M count=16 iflag=direct status=none ;;
 	seqwrite) dd if=/dev/zero of="$DISK" bs=1M count=16 oflag=direct status=none ;;
-	rand4k) $BIN/rand-read "$DISK" 3 >/dev/null ;;
-	ctrl) $BIN/ctrl-bench "$(usbfs_node "$VB")" 2 >/dev/null ;;
+	rand4k) $BIN/rtt-bench read4k "$DISK" 3 >/dev/null ;;
+	ctrl) $BIN/rtt-bench ctrl "$(usbfs_node "$VB")" 2 >/dev/null ;;
 	esac
+}
+
+# under_usbmon FILE BUS WORKLOAD: run it while usbmon's text of BUS (0:
+# every bus) goes to FILE.
+under_usbmon() {
+	cat "/sys/kernel/debug/usb/usbmon/${2}u" >"$1" &
+	local mon_pid=$!
+	sleep 0.5
+	workload "$3"
+	sleep 0.5
+	kill $mon_pid; wait $mon_pid 2>/dev/null
 }
 
 # count_urbs WORKLOAD: run it, print the URBs submitted on the vhci bus.
 count_urbs() {
-	local mon bus
-	read -r bus <"/sys/bus/usb/devices/$VB/busnum"
-	mon=/sys/kernel/debug/usb/usbmon/${bus}u
-	cat "$mon" >/tmp/usbmon.txt &
-	local mon_pid=$!
-	sleep 0.5
-	workload "$1"
-	sleep 0.5
-	kill $mon_pid; wait $mon_pid 2>/dev/null
+	under_usbmon /tmp/usbmon.txt "$VB_BUS" "$1"
 	awk '$3 == "S" { n++ } END { print n + 0 }' /tmp/usbmon.txt
 }
 
@@ -429,30 +397,25 @@ counts() {
 	for f in p2pusb "$BIN"/cand-*; do
 		[ "$f" = p2pusb ] && { name=p2k; bin=$P2PUSB; } ||
 			{ [ -x "$f" ] || continue; name=${f##*/}; bin=$f; }
-		local saved=$P2PUSB
-		P2PUSB=$bin
-		start_p2pusb "$B1" || return 1
-		P2PUSB=$saved
+		P2PUSB=$bin start_p2pusb "$B1" || return 1
 		attach_g1 || return 1
 		workload seqread	# warm up: first touches of everything
 		count_pass "$name" "$SERVER_PID"
 		strace_pass "$name" "$SERVER_PID"
-		rec C "$name" all rss_kib "$(vmhwm_kib "$SERVER_PID")"
+		rec C "$name" all rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
 		# Transfer buffers mapped from usbfs (libusb_dev_mem_alloc).
 		rec C "$name" all usbfs_maps \
 			"$(grep -c ' /dev/bus/usb/' "/proc/$SERVER_PID/maps")"
 		detach_g1
 		stop_p2pusb
 	done
-	usbip bind -b "$B1" >/dev/null || return 1
-	start_usbipd || return 1
-	attach_g1 || return 1
+	with_usbip_host count_kernel
+}
+
+count_kernel() {
 	workload seqread
 	# shellcheck disable=SC2046  # a list of PIDs
 	count_pass kernel $(kthread_pids stub_rx stub_tx)
-	detach_g1
-	usbip unbind -b "$B1" >/dev/null
-	stop_usbipd
 }
 
 # ---- legs mode: where one URB's round trip goes ----
@@ -492,17 +455,12 @@ legs_of() {
 
 # legs_pass NAME: the ctrl and rand4k workloads under usbmon.
 legs_pass() {
-	local name=$1 w vb db mon_pid r
-	read -r vb <"/sys/bus/usb/devices/$VB/busnum"
+	local name=$1 w db r
 	read -r db <"/sys/bus/usb/devices/$B1/busnum"
+	workload seqread	# warm up: first touches of everything
 	for w in ctrl rand4k; do
-		cat /sys/kernel/debug/usb/usbmon/0u >/tmp/usbmon-$name-$w.txt &
-		mon_pid=$!
-		sleep 0.5
-		workload $w
-		sleep 0.5
-		kill $mon_pid; wait $mon_pid 2>/dev/null
-		read -r -a r <<<"$(legs_of /tmp/usbmon-$name-$w.txt "$vb" "$db")"
+		under_usbmon /tmp/usbmon-$name-$w.txt 0 $w
+		read -r -a r <<<"$(legs_of /tmp/usbmon-$name-$w.txt "$VB_BUS" "$db")"
 		rec L "$name" $w urbs "${r[0]}"
 		rec L "$name" $w request_us "${r[1]}"
 		rec L "$name" $w device_us "${r[2]}"
@@ -513,30 +471,18 @@ legs_pass() {
 legs() {
 	start_p2pusb "$B1" || return 1
 	attach_g1 || return 1
-	workload seqread
 	legs_pass p2k
 	detach_g1
 	stop_p2pusb
 	# The same with the server and the client's load on a CPU each.
-	local saved=$P2PUSB
-	P2PUSB="taskset -c 1 $P2PUSB"
-	start_p2pusb "$B1" || return 1
-	P2PUSB=$saved
+	P2PUSB="taskset -c 1 $P2PUSB" start_p2pusb "$B1" || return 1
 	attach_g1 || return 1
-	workload seqread
 	taskset -p -c 0 $$ >/dev/null	# this shell and the load it runs
 	legs_pass p2k-pinned
 	taskset -p -c 0-63 $$ >/dev/null 2>&1
 	detach_g1
 	stop_p2pusb
-	usbip bind -b "$B1" >/dev/null || return 1
-	start_usbipd || return 1
-	attach_g1 || return 1
-	workload seqread
-	legs_pass kernel
-	detach_g1
-	usbip unbind -b "$B1" >/dev/null
-	stop_usbipd
+	with_usbip_host legs_pass kernel
 }
 
 # ---- main ----

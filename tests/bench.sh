@@ -64,10 +64,8 @@ for c in "${cands[@]}"; do
 		{ echo "bench: -c wants NAME=BINARY, not $c" >&2; exit 2; }
 	cp "${c#*=}" "$out/bin/cand-${c%%=*}" || exit 1
 done
-for t in ctrl-bench rand-read; do
-	gcc -std=c11 -O2 -Wall -Wextra -Werror -o "$out/bin/$t" "tests/$t.c" ||
-		exit 1
-done
+gcc -std=c11 -O2 -Wall -Wextra -Werror -o "$out/bin/rtt-bench" \
+	tests/rtt-bench.c || exit 1
 strip -o "$out/p2pusb.stripped" "$out/bin/p2pusb" &&
 	echo "bench: output in $out; p2pusb $(stat -c %s "$out/bin/p2pusb") bytes," \
 		"$(stat -c %s "$out/p2pusb.stripped") stripped"

@@ -30,6 +30,9 @@
 #   find_tty_for_busid BUSID    /dev/ttyACMn of a cdc-acm device
 #   wait_for_listen PORT SECS   until something listens on TCP PORT
 #   usb_dump                    lsusb -t, usbip port, kernel log tail
+#   imported_busid GADGET       busid of the gadget's twin on vhci's bus
+#   wait_gone GADGET            until that twin has left
+#   vhci_port_of BUSID          the vhci port a device is attached to
 
 # Some scripts run with -u; make sure our own globals exist.
 : "${P2PUSB_OUT:=/tmp}"
@@ -299,7 +302,7 @@ usb_dump() {
 #   vhci_port_free PORT         true when vhci port PORT is free again
 #   driver_of INTERFACE         kernel driver bound to e.g. 1-1:1.0, or "none"
 #   ms_now                      milliseconds since the epoch, without a fork
-#   proc_fds PID / proc_rss_kb PID    open descriptors / VmRSS of a process
+#   proc_fds PID / proc_kb PID FIELD  open descriptors / VmRSS, VmHWM... (kB)
 
 # gadget_loopback NAME: a vendor-specific device (f_loopback) that sends
 # back on its bulk IN endpoint what its bulk OUT endpoint received.  No
@@ -317,6 +320,22 @@ usbfs_node() {
     read -r b <"/sys/bus/usb/devices/$1/busnum" &&
         read -r d <"/sys/bus/usb/devices/$1/devnum" &&
         printf '/dev/bus/usb/%03d/%03d\n' "$b" "$d"
+}
+
+# imported_busid GADGET: the busid of the gadget's twin on vhci's bus.
+imported_busid() {
+    wait_for_busid "$(gadget_id "$1")" vhci_hcd 30
+}
+
+# wait_gone GADGET: until its twin on vhci's bus has left.
+wait_gone() {
+    wait_for "[ -z \"\$(usb_busids $(gadget_id "$1") vhci_hcd)\" ]" 20
+}
+
+# vhci_port_of BUSID: the vhci port that holds local busid BUSID.
+vhci_port_of() {
+    awk -v b="$1" '$7 == b { print $2 + 0 }' \
+        /sys/devices/platform/vhci_hcd.0/status*
 }
 
 # vhci_port_free PORT: vhci_hcd's status files show PORT free (state 4,
@@ -343,4 +362,5 @@ ms_now() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
 
 proc_fds() { local f n=0; for f in /proc/"$1"/fd/*; do n=$((n + 1)); done; echo $n; }
 
-proc_rss_kb() { local k v _; while read -r k v _; do [ "$k" = VmRSS: ] && { echo "$v"; return; }; done <"/proc/$1/status"; }
+# proc_kb PID FIELD: a /proc/PID/status figure in kB (VmRSS, VmHWM).
+proc_kb() { local k v _; while read -r k v _; do [ "$k" = "$2:" ] && { echo "$v"; return; }; done <"/proc/$1/status"; }

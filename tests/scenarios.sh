@@ -51,11 +51,6 @@ start_server() {
 	wait_for_listen $PORT 10
 }
 
-# imported_busid GADGET: the busid of the gadget's twin on vhci's bus.
-imported_busid() {
-	wait_for_busid "$(gadget_id "$1")" vhci_hcd 30
-}
-
 # imported_disk GADGET: the /dev/sdX of a storage gadget's twin on vhci.
 imported_disk() {
 	local vb
@@ -85,16 +80,6 @@ storage_gadget() {
 	IMAGE=/tmp/$1.img
 	make_image "$IMAGE" 64
 	BUSID=$(gadget_storage "$1" "$IMAGE")
-}
-
-# vhci_port_of BUSID: the vhci port that holds local busid BUSID.
-vhci_port_of() {
-	awk -v b="$1" '$7 == b { print $2 + 0 }' \
-		/sys/devices/platform/vhci_hcd.0/status*
-}
-
-wait_gone() {
-	wait_for "[ -z \"\$(usb_busids $(gadget_id "$1") vhci_hcd)\" ]" 20
 }
 
 # ---- the scenarios ----
@@ -269,7 +254,7 @@ via_pipe() {
 	grep -q "CMD_SUBMIT ep 0 in control GET_DESCRIPTOR(DEVICE) len 18" \
 		"$LOG/relay.log" || die "relay trace lacks GET_DESCRIPTOR"
 	echo "relay traced $(grep -c CMD_SUBMIT "$LOG/relay.log") URBs"
-	wait_for "[ \"\$(basename \$(readlink /sys/bus/usb/devices/$BUSID:1.0/driver))\" = usb-storage ]" 10 ||
+	given_back "$BUSID" usb-storage 10 ||
 		die "device not given back after the --via session"
 }
 
@@ -475,6 +460,11 @@ serial_drain() {
 acm_import() {
 	ACM_BUSID=$(gadget_acm "$1")
 	GS=$(gadget_tty "$1")
+	acm_attach "$1"
+}
+
+# acm_attach NAME: import ACM_BUSID again; sets ACM_VB and TTY.
+acm_attach() {
 	$P2PUSB attach 127.0.0.1 "$ACM_BUSID" >/dev/null
 	ACM_VB=$(imported_busid "$1")
 	wait_for "find_tty_for_busid $ACM_VB" 20
@@ -898,18 +888,14 @@ fault_soak() {
 	ACM_BUSID=$(gadget_acm s1)
 	GS=$(gadget_tty s1)
 	start_server
-	fd0=$(proc_fds "$SERVER_PID"); rss0=$(proc_rss_kb "$SERVER_PID")
+	fd0=$(proc_fds "$SERVER_PID"); rss0=$(proc_kb "$SERVER_PID" VmRSS)
 	start=$(ms_now)
 	while [ $cycles -lt 3 ] || [ $(($(ms_now) - start)) -lt 60000 ]; do
 		[ $cycles -lt 30 ] || break
 		p1=$($P2PUSB attach 127.0.0.1 "$BUSID")
-		p2=$($P2PUSB attach 127.0.0.1 "$ACM_BUSID")
+		acm_attach s1
+		p2=$(vhci_port_of "$ACM_VB")
 		disk=$(imported_disk g1)
-		ACM_VB=$(imported_busid s1)
-		wait_for "find_tty_for_busid $ACM_VB" 20
-		TTY=$(find_tty_for_busid "$ACM_VB")
-		stty -F "$TTY" raw -echo clocal
-		stty -F "$GS" raw -echo clocal
 		DATA_MIB=2 disk_check "$disk" "$IMAGE" soak >/tmp/disk.out 2>&1 &
 		local c=$!
 		serial_check "$TTY" "$GS" 64 >/dev/null
@@ -923,10 +909,10 @@ fault_soak() {
 		}
 		cycles=$((cycles + 1))
 		if [ $cycles = 1 ]; then
-			fd1=$(proc_fds "$SERVER_PID"); rss1=$(proc_rss_kb "$SERVER_PID")
+			fd1=$(proc_fds "$SERVER_PID"); rss1=$(proc_kb "$SERVER_PID" VmRSS)
 		fi
 	done
-	fd2=$(proc_fds "$SERVER_PID"); rss2=$(proc_rss_kb "$SERVER_PID")
+	fd2=$(proc_fds "$SERVER_PID"); rss2=$(proc_kb "$SERVER_PID" VmRSS)
 	echo "measured: soak $cycles cycles in $(secs $(($(ms_now) - start))) s (each: 2 MiB disk + 64 KiB serial each way)"
 	echo "measured: server fds $fd0 at start, $fd1 after cycle 1, $fd2 at the end"
 	echo "measured: server VmRSS $rss0 kB at start, $rss1 kB after cycle 1, $rss2 kB at the end"
@@ -977,15 +963,14 @@ flood() {
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
 	disk=$(imported_disk g2)
 	disk_check "$disk" /tmp/g2.img
-	hwm=$(awk '/VmHWM/ { print $2 }' /proc/$SERVER_PID/status)
+	hwm=$(proc_kb "$SERVER_PID" VmHWM)
 	wait $fl || die "flood client failed"
 	cat /tmp/flood.out
 	echo "measured: server peak RSS $hwm kB while one client flooded"
 	[ "$hwm" -lt 65536 ] || die "server memory grew to $hwm kB"
 	$P2PUSB detach "$port"
 	wait_gone g2
-	wait_for "[ \"\$(basename \$(readlink /sys/bus/usb/devices/$flooded:1.0/driver))\" = usb-storage ]" 20 ||
-		die "flooded device not given back"
+	given_back "$flooded" usb-storage 20 || die "flooded device not given back"
 }
 
 scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}

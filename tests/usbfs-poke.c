@@ -284,13 +284,7 @@ static void storm(double secs)
 			break;
 		case 2:	/* pending reads unlinked */
 			pending_reads(8);
-			for (k = 0; k < MAXURB; k++)
-				if (xf[k].busy)
-					ioctl(fd, USBDEVFS_DISCARDURB,
-					      &xf[k].urb);
-			while (busy_count())
-				if (!reap(10))
-					die("discarded reads never came back");
+			discard_all();
 			check(4 * CHUNK, 0);
 			break;
 		case 3:	/* writes and reads unlinked mid-transfer */
