@@ -27,7 +27,8 @@
 # bad usage or missing packages.
 #
 # Environment: P2PUSB_KERNEL=VERSION picks a kernel from /boot (default: the
-# newest vmlinuz-* that has /lib/modules/VERSION); P2PUSB_VM_MEM (MiB, 1024).
+# newest vmlinuz-* that has /lib/modules/VERSION); P2PUSB_VM_MEM (MiB, 1024);
+# P2PUSB_VM_BOOT_S (seconds a boot may take before it counts as hung, 120).
 set -eu
 
 PACKAGES="qemu-system-x86 linux-image-amd64 busybox-static kmod cpio usbip usbutils libusb-1.0-0-dev alsa-utils"
@@ -59,6 +60,7 @@ done
 shift $((OPTIND - 1))
 [ $# -ge 1 ] || die "usage: vm.sh [-t SECS] [-q 'QEMU ARGS'] [-o OUTDIR] [-k] SCRIPT [ARGS...]"
 case $timeout_s in ''|*[!0-9]*) die "-t wants whole seconds, not '$timeout_s'" ;; esac
+case ${P2PUSB_VM_BOOT_S:-120} in ''|*[!0-9]*) die "P2PUSB_VM_BOOT_S wants whole seconds" ;; esac
 
 script=$(realpath -e -- "$1" 2>/dev/null) || die "no such script: $1"
 shift
@@ -283,11 +285,15 @@ read -r -d '' -a extra <<<"$qemu_extra" || true
 # check, which then panics ("IO-APIC + timer doesn't work").
 boot() {
     : >"$klog"
+    rm -f "$run/qemu.pid" "$run/boot-hung"
     start=$(date +%s)
+    watch_boot &
+    local watcher=$!
     set +e
     timeout --kill-after=5 "$timeout_s" qemu-system-x86_64 \
         -accel tcg -cpu max -m "${P2PUSB_VM_MEM:-1024}" -smp 2 \
         -display none -vga none -nic none -no-reboot -monitor none \
+        -pidfile "$run/qemu.pid" \
         -kernel "$kimage" -initrd "$initrd" \
         -append "console=ttyS0 loglevel=7 oops=panic panic=-1 no_timer_check p2pusb.run=$run" \
         -serial "file:$klog" -serial stdio \
@@ -295,13 +301,35 @@ boot() {
         -virtfs "local,path=$outdir,mount_tag=out,security_model=none,multidevs=remap" \
         "${extra[@]}" </dev/null | tee "$console" | grep -av "^$MARKER="
     qrc=${PIPESTATUS[0]}
+    kill "$watcher" 2>/dev/null
+    wait "$watcher" 2>/dev/null
     set -e
     elapsed=$(( $(date +%s) - start ))
 }
+# TCG very rarely wedges a guest in early boot (seen: in inet_init, and
+# bringing up the second vCPU), the kernel log stopping for good.  A boot
+# takes seconds even on a loaded host, so one that has not reached the
+# script in $boot_limit_s is killed and counted as hung, not as a failure
+# of the script.
+boot_limit_s=${P2PUSB_VM_BOOT_S:-120}
+watch_boot() {
+    local i
+    for ((i = 0; i < boot_limit_s; i++)); do
+        sleep 1
+        grep -aq "vm init: starting the script" "$klog" && return
+    done
+    : >"$run/boot-hung"
+    kill "$(cat "$run/qemu.pid" 2>/dev/null)" 2>/dev/null
+}
+booted() { grep -aq "^$MARKER=" "$console" || grep -aq "vm init" "$klog"; }
+
 boot
-# A VM that died before its init ran never started the script: boot again.
-if ! grep -aq "^$MARKER=" "$console" && ! grep -aq "vm init" "$klog" &&
-   [ "$qrc" != 124 ] && [ "$qrc" != 137 ]; then
+# A VM that died or hung before its init ran never started the script:
+# boot again, once.
+if [ -e "$run/boot-hung" ]; then
+    echo "vm.sh: the VM hung while booting (no init after ${boot_limit_s}s); booting again" >&2
+    boot
+elif ! booted && [ "$qrc" != 124 ] && [ "$qrc" != 137 ]; then
     echo "vm.sh: the VM died while booting; booting again" >&2
     boot
 fi
@@ -311,7 +339,10 @@ rc=$(grep -a "^$MARKER=[0-9]*\$" "$console" | tail -n1 | cut -d= -f2)
 if [ -n "$rc" ]; then
     exit "$rc"
 fi
-if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+if [ -e "$run/boot-hung" ]; then
+    echo "vm.sh: the VM hung twice while booting ($script)" >&2
+    code=124
+elif [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
     echo "vm.sh: TIMEOUT: VM killed after ${timeout_s}s ($script)" >&2
     code=124
 else
