@@ -281,6 +281,13 @@ vm_scenario() {
 	tests/vm.sh -t 300 -o "$out" tests/scenarios.sh "$@"
 }
 
+# make bench is no test, but the helper it builds must not rot unseen.
+rtt_bench_builds() {
+	gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread -o tests/rtt-bench \
+		tests/rtt-bench.c &&
+		tests/rtt-bench wake 0.1 | grep -E "^wake_us( [a-z_0-9]+ [0-9]+){4}$"
+}
+
 flood_scenario() {
 	gcc -std=c11 -Wall -Wextra -Werror -O2 -o tests/flood tests/flood.c &&
 		vm_scenario flood
@@ -441,6 +448,7 @@ check "vm 10: attach --via ssh through a real OpenSSH server" vm_scenario via_ss
 check "vm 11: attach --persist re-imports after a server restart" vm_scenario persist
 check "vm 12: -vv traces a known session in decoded lines" vm_scenario trace
 check "vm 13: a client flooding submits unread: bounded, others served" flood_scenario
+check "build tests/rtt-bench (make bench's load), its wake probe runs" rtt_bench_builds
 check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c
 check "vm fault: client socket destroyed mid-copy; device given back, imports again" vm_scenario fault_client_gone
 check "vm fault: server SIGKILLed mid-copy; vhci port freed, reader gets EIO" vm_scenario fault_server_killed

@@ -469,6 +469,9 @@ legs_pass() {
 }
 
 legs() {
+	# What a wakeup costs in this guest, USB aside: the yardstick for the
+	# legs (a W line: "W wake_us thread_1cpu A process_1cpu B ...").
+	rec W $($BIN/rtt-bench wake 1)
 	start_p2pusb "$B1" || return 1
 	attach_g1 || return 1
 	legs_pass p2k

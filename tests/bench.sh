@@ -64,7 +64,7 @@ for c in "${cands[@]}"; do
 		{ echo "bench: -c wants NAME=BINARY, not $c" >&2; exit 2; }
 	cp "${c#*=}" "$out/bin/cand-${c%%=*}" || exit 1
 done
-gcc -std=c11 -O2 -Wall -Wextra -Werror -o "$out/bin/rtt-bench" \
+gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread -o "$out/bin/rtt-bench" \
 	tests/rtt-bench.c || exit 1
 strip -o "$out/p2pusb.stripped" "$out/bin/p2pusb" &&
 	echo "bench: output in $out; p2pusb $(stat -c %s "$out/bin/p2pusb") bytes," \
@@ -134,7 +134,14 @@ if [ $profile = 3 ]; then
 				printf "%-10s %-7s %6d %9d %9d %9d %9d\n", order[i], k,
 					v[order[i], k, "urbs"], rq, dv, rp, rq + dv + rp
 			}
-	}' "$out/results.txt" | tee "$out/legs.txt"
+		if (wake != "") {
+			split(wake, f, " ")
+			print "one wakeup through a pipe (rtt-bench wake), microseconds:"
+			printf "  one CPU: thread %s, process %s; two CPUs: thread %s, process %s\n",
+				f[4], f[6], f[8], f[10]
+		}
+	}
+	$1 == "W" { wake = $0 }' "$out/results.txt" | tee "$out/legs.txt"
 	exit $rc
 fi
 if [ $profile = 1 ]; then

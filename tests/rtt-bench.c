@@ -5,6 +5,7 @@
  *
  * Usage: rtt-bench read4k /dev/sdX [SECONDS] [SPAN_MIB]
  *        rtt-bench ctrl /dev/bus/usb/BBB/DDD [SECONDS]
+ *        rtt-bench wake [SECONDS]
  *
  * read4k reads 4 KiB with O_DIRECT at random 4 KiB-aligned offsets within
  * the first SPAN_MIB (default: the whole device) and prints "iops N reads
@@ -18,6 +19,14 @@
  * the USB/IP server when the node is an imported device.
  *
  * Both run for SECONDS (default 3) and exit 1 on a failed or wrong reply.
+ *
+ * wake measures what one wakeup costs on this machine, with no USB at all:
+ * a byte bounced through two pipes, between two threads of one process and
+ * between two processes, both on CPU 0 and on CPUs 0 and 1.  It prints
+ * "wake_us thread_1cpu A process_1cpu B thread_2cpu C process_2cpu D",
+ * each half a round trip, SECONDS (default 1) each.  A server in user space
+ * pays these where usbip-host's kernel threads, which never switch address
+ * space, pay less.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,7 +37,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,6 +110,77 @@ static int get_descriptor(int fd, long n)
 	return -1;
 }
 
+static int ping[2], pong[2];
+
+static void pin_to(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	sched_setaffinity(0, sizeof(set), &set);	/* this thread only */
+}
+
+static void *echo(void *cpu)
+{
+	char c;
+
+	pin_to(*(int *)cpu);
+	while (read(ping[0], &c, 1) == 1 && write(pong[1], &c, 1) == 1)
+		;
+	return NULL;
+}
+
+/* Microseconds per wakeup; the echo side ends on EOF from ping. */
+static double wake_us(int processes, int cpus, double secs)
+{
+	int echo_cpu = cpus - 1;
+	double start, elapsed;
+	pthread_t thread;
+	pid_t pid = 0;
+	long n = 0;
+	char c = 0;
+
+	if (pipe(ping) != 0 || pipe(pong) != 0)
+		return -1;
+	pin_to(0);
+	if (processes) {
+		pid = fork();
+		if (pid == 0) {
+			close(ping[1]);
+			echo(&echo_cpu);
+			_exit(0);
+		}
+	} else if (pthread_create(&thread, NULL, echo, &echo_cpu) != 0) {
+		return -1;
+	}
+	start = now();
+	do {
+		if (write(ping[1], &c, 1) != 1 || read(pong[0], &c, 1) != 1)
+			return -1;
+		n++;
+	} while (now() < start + secs);
+	elapsed = now() - start;
+	close(ping[1]);
+	if (processes)
+		waitpid(pid, NULL, 0);
+	else
+		pthread_join(thread, NULL);
+	close(ping[0]);
+	close(pong[0]);
+	close(pong[1]);
+	return elapsed / (double)n / 2 * 1e6;
+}
+
+static int wake(double secs)
+{
+	printf("wake_us thread_1cpu %.0f process_1cpu %.0f"
+	       " thread_2cpu %.0f process_2cpu %.0f\n",
+	       wake_us(0, 1, secs), wake_us(1, 1, secs),
+	       wake_us(0, 2, secs), wake_us(1, 2, secs));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int ctrl = argc > 2 && strcmp(argv[1], "ctrl") == 0;
@@ -106,9 +189,12 @@ int main(int argc, char **argv)
 	long n = 0;
 	int fd;
 
+	if (argc > 1 && strcmp(argv[1], "wake") == 0)
+		return wake(argc > 2 ? atof(argv[2]) : 1.0);
 	if (argc < 3 || (!ctrl && strcmp(argv[1], "read4k") != 0)) {
 		fprintf(stderr, "usage: rtt-bench read4k /dev/sdX [SECONDS] [SPAN_MIB]\n"
-				"       rtt-bench ctrl /dev/bus/usb/BBB/DDD [SECONDS]\n");
+				"       rtt-bench ctrl /dev/bus/usb/BBB/DDD [SECONDS]\n"
+				"       rtt-bench wake [SECONDS]\n");
 		return 2;
 	}
 	fd = ctrl ? open(argv[2], O_RDWR) :
