@@ -285,7 +285,7 @@ vm_scenario() {
 rtt_bench_builds() {
 	gcc -std=c11 -O2 -Wall -Wextra -Werror -pthread -o tests/rtt-bench \
 		tests/rtt-bench.c &&
-		tests/rtt-bench wake 0.1 | grep -E "^wake_us( [a-z_0-9]+ [0-9]+){4}$"
+		tests/rtt-bench wake 0.1 | grep -E "^wake_us( [a-z_0-9]+ [0-9.]+){6}$"
 }
 
 flood_scenario() {

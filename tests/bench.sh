@@ -139,6 +139,8 @@ if [ $profile = 3 ]; then
 			print "one wakeup through a pipe (rtt-bench wake), microseconds:"
 			printf "  one CPU: thread %s, process %s; two CPUs: thread %s, process %s\n",
 				f[4], f[6], f[8], f[10]
+			printf "a null syscall %s us, a 48-byte write+read on a socketpair %s us\n",
+				f[12], f[14]
 		}
 	}
 	$1 == "W" { wake = $0 }' "$out/results.txt" | tee "$out/legs.txt"

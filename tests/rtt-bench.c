@@ -23,10 +23,12 @@
  * wake measures what one wakeup costs on this machine, with no USB at all:
  * a byte bounced through two pipes, between two threads of one process and
  * between two processes, both on CPU 0 and on CPUs 0 and 1.  It prints
- * "wake_us thread_1cpu A process_1cpu B thread_2cpu C process_2cpu D",
- * each half a round trip, SECONDS (default 1) each.  A server in user space
- * pays these where usbip-host's kernel threads, which never switch address
- * space, pay less.
+ * "wake_us thread_1cpu A process_1cpu B thread_2cpu C process_2cpu D
+ * syscall E socketpair_48b F", each wakeup half a round trip, SECONDS
+ * (default 1) each; E is a null syscall, F a 48-byte write and read over a
+ * socketpair (a USB/IP header's size), with no wakeup.  A server in user
+ * space pays all of these where usbip-host's kernel threads, which never
+ * switch address space, pay less.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,6 +42,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -172,12 +175,41 @@ static double wake_us(int processes, int cpus, double secs)
 	return elapsed / (double)n / 2 * 1e6;
 }
 
+/* Microseconds per syscall (none: getppid) or per write+read pair. */
+static double syscall_us(int pair, double secs)
+{
+	double start = now(), elapsed;
+	char buf[48] = { 0 };
+	long n = 0;
+	int sv[2];
+
+	if (pair && socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+		return -1;
+	do {
+		for (int i = 0; i < 100; i++, n++) {
+			if (!pair)
+				getppid();
+			else if (write(sv[0], buf, sizeof(buf)) != sizeof(buf) ||
+				 read(sv[1], buf, sizeof(buf)) != sizeof(buf))
+				return -1;
+		}
+	} while (now() < start + secs);
+	elapsed = now() - start;
+	if (pair) {
+		close(sv[0]);
+		close(sv[1]);
+	}
+	return elapsed / (double)n * 1e6;
+}
+
 static int wake(double secs)
 {
-	printf("wake_us thread_1cpu %.0f process_1cpu %.0f"
-	       " thread_2cpu %.0f process_2cpu %.0f\n",
-	       wake_us(0, 1, secs), wake_us(1, 1, secs),
-	       wake_us(0, 2, secs), wake_us(1, 2, secs));
+	double t1 = wake_us(0, 1, secs), p1 = wake_us(1, 1, secs);
+	double t2 = wake_us(0, 2, secs), p2 = wake_us(1, 2, secs);
+
+	printf("wake_us thread_1cpu %.0f process_1cpu %.0f thread_2cpu %.0f"
+	       " process_2cpu %.0f syscall %.1f socketpair_48b %.1f\n",
+	       t1, p1, t2, p2, syscall_us(0, secs), syscall_us(1, secs));
 	return 0;
 }
 
