@@ -255,7 +255,8 @@ else
     outdir=$run/out
     mkdir -p "$outdir"
 fi
-trap 'rm -rf "$run"' EXIT
+watcher=""
+trap 'rm -rf "$run"; [ -z "$watcher" ] || kill "$watcher" 2>/dev/null' EXIT
 trap 'exit 130' INT TERM
 
 # The guest sees the host's / at the same paths, except /tmp and /run, which
@@ -288,7 +289,7 @@ boot() {
     rm -f "$run/qemu.pid" "$run/boot-hung"
     start=$(date +%s)
     watch_boot &
-    local watcher=$!
+    watcher=$!
     set +e
     timeout --kill-after=5 "$timeout_s" qemu-system-x86_64 \
         -accel tcg -cpu max -m "${P2PUSB_VM_MEM:-1024}" -smp 2 \
@@ -303,6 +304,7 @@ boot() {
     qrc=${PIPESTATUS[0]}
     kill "$watcher" 2>/dev/null
     wait "$watcher" 2>/dev/null
+    watcher=""
     set -e
     elapsed=$(( $(date +%s) - start ))
 }
