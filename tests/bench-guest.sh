@@ -17,8 +17,9 @@
 #
 # For each: sequential read and write (dd O_DIRECT bs=1M, 64 MiB), 4 KiB
 # random reads at queue depth 1 and GET_DESCRIPTOR round trips through
-# usbfs (tests/rtt-bench.c), the server's CPU time over the sequential part (p2pusb: its /proc/PID/stat; kernel: its stub_rx and
-# stub_tx threads only) and the server's VmHWM.
+# usbfs (tests/rtt-bench.c), the server's CPU time over the sequential
+# part (p2pusb: its /proc/PID/stat; kernel: its stub_rx and stub_tx
+# threads only) and the server's VmHWM.
 #
 # Results are appended as they come to $P2PUSB_OUT/results.txt:
 #   B PATH ROUND            a measurement started
@@ -126,6 +127,19 @@ detach_g1() {
 	wait_gone g1
 }
 
+# with_p2pusb CMD...: CMD with g1 exported by p2pusb serve (SERVER_PID;
+# $P2PUSB, which a prefix may change for the call) and imported with usbip
+# attach (VB, VB_BUS and DISK set).
+with_p2pusb() {
+	local rc=0
+	start_p2pusb "$B1" || return 1
+	attach_g1 || return 1
+	"$@" || rc=1
+	detach_g1
+	stop_p2pusb
+	return $rc
+}
+
 # with_usbip_host CMD...: CMD with g1 exported by the kernel's usbip-host
 # and imported with usbip attach (VB, VB_BUS and DISK set).
 with_usbip_host() {
@@ -182,13 +196,13 @@ measure_kernel() {
 # path_p2k ROUND [NAME BINARY]: p2pusb serve <-> usbip attach; with NAME,
 # a candidate build of p2pusb (bench.sh -c NAME=BINARY) in the same place.
 path_p2k() {
-	local name=${2:-p2k} rc=0
-	P2PUSB=${3:-$P2PUSB} start_p2pusb "$B1" || return 1
-	attach_g1 || return 1
-	measure "$name" "$1" "$DISK" "$VB" "$SERVER_PID" || rc=1
-	rec R "$name" "$1" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
-	detach_g1
-	stop_p2pusb
+	P2PUSB=${3:-$P2PUSB} with_p2pusb measure_p2k "${2:-p2k}" "$1"
+}
+
+measure_p2k() {	# NAME ROUND
+	local rc=0
+	measure "$1" "$2" "$DISK" "$VB" "$SERVER_PID" || rc=1
+	rec R "$1" "$2" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
 	return $rc
 }
 
@@ -254,22 +268,39 @@ cleanup() {
 	sleep 1
 }
 
-# ---- profile mode ----
+# ---- loads for the profile, counts and legs modes (on DISK and VB) ----
 
-copy_load() {	# MIB: a read, a write, random reads, control requests
-	dd if="$DISK" of=/dev/null bs=1M count="$1" iflag=direct
-	dd if=/dev/zero of="$DISK" bs=1M count="$1" oflag=direct
-	$BIN/rtt-bench read4k "$DISK" 3
-	$BIN/rtt-bench ctrl "$(usbfs_node "$VB")" 2
+WORKLOADS="seqread seqwrite rand4k ctrl"
+
+# workload NAME [MIB]: one load, quietly; the sequential ones MIB (16) long.
+workload() {
+	local mib=${2:-16}
+	case $1 in
+	seqread) dd if="$DISK" of=/dev/null bs=1M count="$mib" iflag=direct status=none ;;
+	seqwrite) dd if=/dev/zero of="$DISK" bs=1M count="$mib" oflag=direct status=none ;;
+	rand4k) $BIN/rtt-bench read4k "$DISK" 3 >/dev/null ;;
+	ctrl) $BIN/rtt-bench ctrl "$(usbfs_node "$VB")" 2 >/dev/null ;;
+	esac
 }
+
+# copy_load MIB: every workload in turn.
+copy_load() {
+	local w
+	for w in $WORKLOADS; do
+		workload $w "$1" || return 1
+	done
+}
+
+# ---- profile mode ----
 
 # perf_pass NAME: the whole guest under perf (cpu-clock, every CPU) while
 # copy_load runs; reports by task and, for the busiest tasks, by symbol.
 perf_pass() {
 	# perf stops cleanly when its command ends (a SIGINT to a perf in the
 	# background is ignored: non-interactive shells start jobs so).
-	export -f copy_load usbfs_node
-	export BIN DISK VB
+	echo "max_sectors_kb $(cat /sys/block/${DISK#/dev/}/queue/max_sectors_kb)"
+	export -f copy_load workload usbfs_node
+	export BIN DISK VB WORKLOADS
 	perf record -q -a -e cpu-clock -F 1000 -g -o /tmp/perf-$1.data -- \
 		bash -c "copy_load $PROFILE_MIB" >"$P2PUSB_OUT/perf-load-$1.txt" 2>&1
 	cat "$P2PUSB_OUT/perf-load-$1.txt"
@@ -287,22 +318,13 @@ perf_pass() {
 # callgrind (user-space instructions) over p2pusb serve.
 profile() {
 	PROFILE_MIB=${1:-32}
-	start_p2pusb "$B1" || return 1
-	attach_g1 || return 1
-	echo "max_sectors_kb $(cat /sys/block/${DISK#/dev/}/queue/max_sectors_kb)"
-	perf_pass p2pusb
-	detach_g1
-	stop_p2pusb
+	with_p2pusb perf_pass p2pusb || return 1
 	# The same load through the kernel's usbip-host, for comparison.
 	with_usbip_host perf_pass kernel || return 1
 
 	# User-space instruction profile: a smaller copy under callgrind.
 	P2PUSB="valgrind --tool=callgrind --callgrind-out-file=$P2PUSB_OUT/callgrind.out $BIN/p2pusb" \
-		start_p2pusb "$B1" || return 1
-	attach_g1 || return 1
-	copy_load 4
-	detach_g1
-	stop_p2pusb
+		with_p2pusb copy_load 4 || return 1
 	callgrind_annotate "$P2PUSB_OUT/callgrind.out" 2>&1 | head -n 60 \
 		>"$P2PUSB_OUT/callgrind.txt"
 	callgrind_annotate --inclusive=yes "$P2PUSB_OUT/callgrind.out" 2>&1 |
@@ -328,16 +350,6 @@ ctx_faults() {
 		mf=$((mf + f[9]))
 	done
 	echo "$cs $mf"
-}
-
-WORKLOADS="seqread seqwrite rand4k ctrl"
-workload() {
-	case $1 in
-	seqread) dd if="$DISK" of=/dev/null bs=1M count=16 iflag=direct status=none ;;
-	seqwrite) dd if=/dev/zero of="$DISK" bs=1M count=16 oflag=direct status=none ;;
-	rand4k) $BIN/rtt-bench read4k "$DISK" 3 >/dev/null ;;
-	ctrl) $BIN/rtt-bench ctrl "$(usbfs_node "$VB")" 2 >/dev/null ;;
-	esac
 }
 
 # under_usbmon FILE BUS WORKLOAD: run it while usbmon's text of BUS (0:
@@ -397,19 +409,19 @@ counts() {
 	for f in p2pusb "$BIN"/cand-*; do
 		[ "$f" = p2pusb ] && { name=p2k; bin=$P2PUSB; } ||
 			{ [ -x "$f" ] || continue; name=${f##*/}; bin=$f; }
-		P2PUSB=$bin start_p2pusb "$B1" || return 1
-		attach_g1 || return 1
-		workload seqread	# warm up: first touches of everything
-		count_pass "$name" "$SERVER_PID"
-		strace_pass "$name" "$SERVER_PID"
-		rec C "$name" all rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
-		# Transfer buffers mapped from usbfs (libusb_dev_mem_alloc).
-		rec C "$name" all usbfs_maps \
-			"$(grep -c ' /dev/bus/usb/' "/proc/$SERVER_PID/maps")"
-		detach_g1
-		stop_p2pusb
+		P2PUSB=$bin with_p2pusb count_p2pusb "$name" || return 1
 	done
 	with_usbip_host count_kernel
+}
+
+count_p2pusb() {	# NAME
+	workload seqread	# warm up: first touches of everything
+	count_pass "$1" "$SERVER_PID"
+	strace_pass "$1" "$SERVER_PID"
+	rec C "$1" all rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
+	# Transfer buffers mapped from usbfs (libusb_dev_mem_alloc).
+	rec C "$1" all usbfs_maps \
+		"$(grep -c ' /dev/bus/usb/' "/proc/$SERVER_PID/maps")"
 }
 
 count_kernel() {
@@ -472,22 +484,22 @@ legs() {
 	# What a wakeup costs in this guest, USB aside: the yardstick for the
 	# legs (a W line: "W wake_us thread_1cpu A process_1cpu B ...").
 	rec W $($BIN/rtt-bench wake 1)
-	start_p2pusb "$B1" || return 1
-	attach_g1 || return 1
-	legs_pass p2k
-	detach_g1
-	stop_p2pusb
+	with_p2pusb legs_pass p2k || return 1
 	# The same with the server and the client's load on a CPU each.
 	if [ "$(nproc)" -gt 1 ]; then
-		P2PUSB="taskset -c 1 $P2PUSB" start_p2pusb "$B1" || return 1
-		attach_g1 || return 1
-		taskset -p -c 0 $$ >/dev/null	# this shell and the load it runs
-		legs_pass p2k-pinned
-		taskset -p -c 0-63 $$ >/dev/null 2>&1
-		detach_g1
-		stop_p2pusb
+		P2PUSB="taskset -c 1 $P2PUSB" with_p2pusb on_cpu0 legs_pass p2k-pinned ||
+			return 1
 	fi
 	with_usbip_host legs_pass kernel
+}
+
+# on_cpu0 CMD...: CMD with this shell, and the load it runs, on CPU 0.
+on_cpu0() {
+	local rc=0
+	taskset -p -c 0 $$ >/dev/null
+	"$@" || rc=1
+	taskset -p -c 0-63 $$ >/dev/null 2>&1
+	return $rc
 }
 
 # ---- main ----
