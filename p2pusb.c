@@ -416,6 +416,29 @@ static void trace_header(const char *who, const struct usbip_header *h,
 
 static int io_timeout_ms = IO_TIMEOUT_MS;
 
+/*
+ * A string a peer sent, fit for a terminal: a busid may hold escape
+ * sequences that would rewrite the user's screen.  Bytes other than
+ * printable ASCII come out as \xNN.  Returns BUF, of ESCAPED(LEN) bytes.
+ */
+#define ESCAPED(len)	((len) * 4 + 1)
+
+static const char *printable(const char *s, size_t len, char *buf)
+{
+	size_t i, o = 0;
+
+	for (i = 0; i < len && s[i]; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (ch >= ' ' && ch <= '~' && ch != '\\')
+			buf[o++] = (char)ch;
+		else
+			o += (size_t)sprintf(buf + o, "\\x%02x", ch);
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
 /* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no port. */
 static void split_host_port(const char *arg, char *host, size_t hostlen,
 			    char *port, size_t portlen)
@@ -881,6 +904,7 @@ static void request_import(int rfd, int wfd, const char *busid,
 			   const char *peer, struct usbip_usb_device *rec)
 {
 	uint8_t req[OP_REQ_IMPORT_SIZE], rep[OP_REP_IMPORT_SIZE];
+	char text[ESCAPED(SYSFS_BUS_ID_SIZE)];
 	struct op_common op;
 
 	pack_import_request(req, busid);
@@ -895,8 +919,12 @@ static void request_import(int rfd, int wfd, const char *busid,
 	read_exact(rfd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer);
 	unpack_device(rep + OP_COMMON_SIZE, rec);
 	if (strncmp(rec->busid, busid, SYSFS_BUS_ID_SIZE) != 0)
-		errx(1, "%s answered for busid %s, not %s", peer, rec->busid,
-		     busid);
+		errx(1, "%s answered for busid %s, not %s", peer,
+		     printable(rec->busid, sizeof(rec->busid), text), busid);
+	/* vhci_hcd refuses a speed it does not know, with EINVAL alone. */
+	if (rec->speed < USB_SPEED_LOW || rec->speed > USB_SPEED_SUPER_PLUS)
+		errx(1, "%s reported an unknown speed %u for busid %s", peer,
+		     rec->speed, busid);
 }
 
 static void print_device_line(const struct usbip_usb_device *d,
@@ -905,6 +933,7 @@ static void print_device_line(const struct usbip_usb_device *d,
 {
 	uint8_t cls = d->bDeviceClass, sub = d->bDeviceSubClass,
 		proto = d->bDeviceProtocol;
+	char busid[ESCAPED(SYSFS_BUS_ID_SIZE)], name[ESCAPED(128)];
 
 	/* Class 0 means "see the interfaces": show the first one's. */
 	if (cls == 0 && nifs > 0) {
@@ -912,9 +941,10 @@ static void print_device_line(const struct usbip_usb_device *d,
 		sub = ifs[0].bInterfaceSubClass;
 		proto = ifs[0].bInterfaceProtocol;
 	}
-	printf("%-12s %04x:%04x  %-7s %02x/%02x/%02x  %s\n", d->busid,
-	       d->idVendor, d->idProduct, speed_name(d->speed), cls, sub,
-	       proto, product);
+	printf("%-12s %04x:%04x  %-7s %02x/%02x/%02x  %s\n",
+	       printable(d->busid, sizeof(d->busid), busid), d->idVendor,
+	       d->idProduct, speed_name(d->speed), cls, sub, proto,
+	       printable(product, 128, name));
 }
 
 static void request_devlist(int fd, const char *peer)
@@ -925,12 +955,14 @@ static void request_devlist(int fd, const char *peer)
 
 	pack_op_common(buf, OP_REQ_DEVLIST, ST_OK);
 	write_all(fd, buf, OP_COMMON_SIZE, peer);
-	read_exact(fd, buf, OP_COMMON_SIZE + 4, peer);
+	/* A refusal is op_common alone: the count follows only an OK. */
+	read_exact(fd, buf, OP_COMMON_SIZE, peer);
 	check_op_reply(buf, OP_REP_DEVLIST, peer, &op);
 	if (op.status != ST_OK)
 		errx(1, "%s refused the device list: %s", peer,
 		     op_status_name(op.status));
-	ndev = get32(buf + OP_COMMON_SIZE);
+	read_exact(fd, buf, 4, peer);
+	ndev = get32(buf);
 	for (i = 0; i < ndev; i++) {
 		struct usbip_usb_device d;
 		struct usbip_usb_interface ifs[256];
@@ -968,6 +1000,7 @@ static void request_devlist(int fd, const char *peer)
 #define URB_SPARES	8		/* finished URBs a connection keeps, */
 #define SPARE_BYTES	(1u << 20)	/*   each with at most this buffer */
 #define MAPPED_LIMIT	(4u << 20)	/* usbfs-mapped buffers, all devices */
+#define EARLY_UNLINKS	16		/* unlinks held for their submit */
 
 /* DMA memory is cache-coherent here, so usbfs maps it cached: alloc_buf(). */
 #if defined(__x86_64__) || defined(__i386__)
@@ -1040,6 +1073,15 @@ struct conn {
 	struct urb *inflight;		/* submitted to libusb */
 	unsigned ninflight;
 	size_t inflight_bytes;
+	unsigned ep0_busy;		/* control transfers in libusb */
+	struct urb *ep0_held, **ep0_tail;	/* waiting their turn */
+	unsigned nheld;
+
+	/* CMD_UNLINKs that came before their CMD_SUBMIT (on_cmd_unlink) */
+	struct early_unlink { uint32_t victim, seqnum; } early[EARLY_UNLINKS];
+	int nearly;
+	uint32_t newest_submit;		/* the highest seqnum submitted yet */
+	int submitted;			/* newest_submit is set */
 	long long deadline_ms;		/* for the handshake; 0: none */
 
 	/* The imported device, once OP_REQ_IMPORT succeeded. */
@@ -1063,8 +1105,11 @@ static long long now_ms(void)
 	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+/* What to read next.  RX_NONE is final: a session that ends stays ended. */
 static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len)
 {
+	if (c->rx == RX_NONE)
+		return;
 	c->rx = rx;
 	c->rxdst = dst;
 	c->rxneed = len;
@@ -1083,13 +1128,20 @@ static void queue_msg(struct conn *c, struct msg *m)
 		c->outbytes += m->iov[i].iov_len;
 }
 
-/* A standalone message owning a copy of its bytes. */
+static void end_after_replies(struct conn *c, const char *why);
+
+/*
+ * A standalone message owning a copy of its bytes.  Out of memory, the
+ * session ends (once what is queued is out) and the others go on.
+ */
 static void queue_bytes(struct conn *c, const void *data, size_t len)
 {
 	struct msg *m = malloc(sizeof(*m) + len);
 
-	if (!m)
-		err(1, "malloc");
+	if (!m) {
+		end_after_replies(c, "out of memory");
+		return;
+	}
 	memcpy(m + 1, data, len);
 	m->urb = NULL;
 	m->iov[0].iov_base = m + 1;
@@ -1210,9 +1262,9 @@ static void put_urb(struct urb *u)
 }
 
 /*
- * A URB with room for LEN buffer bytes and NP iso packets.  The spare that
- * fits best is reused (or, failing that, grown), so a connection in its
- * steady state allocates nothing per URB.
+ * A URB with room for LEN buffer bytes and NP iso packets, or NULL when
+ * memory is short.  The spare that fits best is reused (or, failing that,
+ * grown), so a connection in its steady state allocates nothing per URB.
  */
 static struct urb *get_urb(struct conn *c, size_t len, int np)
 {
@@ -1234,7 +1286,7 @@ static struct urb *get_urb(struct conn *c, size_t len, int np)
 	} else if ((u = calloc(1, sizeof(*u))) != NULL) {
 		u->conn = c;
 	} else {
-		err(1, "malloc");
+		return NULL;
 	}
 	if (u->bufsize < len) {
 		free_buf(u);
@@ -1247,8 +1299,10 @@ static struct urb *get_urb(struct conn *c, size_t len, int np)
 		u->iso = malloc((size_t)np * USBIP_ISO_DESC_SIZE + 1);
 		u->max_packets = np;
 	}
-	if (!u->buf || !u->xfer || !u->iso)
-		err(1, "out of memory for an URB of %zu bytes", len);
+	if (!u->buf || !u->xfer || !u->iso) {
+		destroy_urb(u);
+		return NULL;
+	}
 	return u;
 }
 
@@ -1273,6 +1327,8 @@ static void end_after_replies(struct conn *c, const char *why)
 		c->end_reason = why;
 	c->rx = RX_NONE;
 }
+
+static struct urb *unhold_control(struct conn *c, uint32_t seqnum);
 
 /*
  * Closing the socket is what tells vhci_hcd the device is gone.  Transfers
@@ -1308,6 +1364,8 @@ static void close_conn(struct conn *c, const char *why)
 		put_urb(c->rxurb);
 		c->rxurb = NULL;
 	}
+	while (c->ep0_held)
+		put_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
 	for (u = c->inflight; u; u = u->next)
 		libusb_cancel_transfer(u->xfer);
 }
@@ -1447,15 +1505,40 @@ static int open_device(struct conn *c, const struct usbip_usb_device *rec)
 		close_device(c);
 		return ST_DEV_BUSY;
 	}
-	/*
-	 * A server killed mid-session leaves the device mid-command, and the
-	 * client's port reset never reaches it (vhci_hcd emulates its own
-	 * ports): every session starts from a reset device.
-	 */
-	libusb_reset_device(c->handle);
-	memset(c->altsetting, 0, sizeof(c->altsetting));
-	learn_endpoints(c);
 	return ST_OK;
+}
+
+/*
+ * Opens and claims the device REC names, and resets it: a server killed
+ * mid-session leaves a device mid-command, and the client's port reset
+ * never reaches it (vhci_hcd emulates its own ports), so every session
+ * starts from a reset device.  A reset after which the kernel enumerates
+ * the device anew (its descriptors changed) leaves the handle stale:
+ * libusb says NOT_FOUND, and the device is looked up by its busid and
+ * opened once more.  Returns an ST_* status, and REC as opened.
+ */
+static int import_device(struct conn *c, struct usbip_usb_device *rec,
+			 struct usbip_usb_interface *ifs)
+{
+	int tries = 0, status, rc;
+
+	do {
+		status = open_device(c, rec);
+		if (status != ST_OK)
+			return status;
+		rc = libusb_reset_device(c->handle);
+		if (rc == 0) {
+			memset(c->altsetting, 0, sizeof(c->altsetting));
+			learn_endpoints(c);
+			return ST_OK;
+		}
+		give_back_interfaces(c->handle);
+		close_device(c);
+	} while (rc == LIBUSB_ERROR_NOT_FOUND && ++tries < 2 &&
+		 describe_device(c->busid, rec, ifs) >= 0);
+	warnx("%s: cannot reset %s: %s", c->peer, c->busid,
+	      libusb_strerror(rc));
+	return ST_DEV_ERR;
 }
 
 /*
@@ -1465,7 +1548,13 @@ static int open_device(struct conn *c, const struct usbip_usb_device *rec)
  */
 static void give_back_device(struct conn *c)
 {
-	libusb_reset_device(c->handle);
+	int rc = libusb_reset_device(c->handle);
+
+	/* Gone, or enumerated anew: the kernel binds the new one itself. */
+	if (rc != 0 && rc != LIBUSB_ERROR_NOT_FOUND &&
+	    rc != LIBUSB_ERROR_NO_DEVICE)
+		warnx("%s: cannot reset %s (%s): giving it back as it is",
+		      c->peer, c->busid, libusb_strerror(rc));
 	give_back_interfaces(c->handle);
 	close_device(c);
 	debug(1, "%s: %s given back to its kernel driver", c->peer, c->busid);
@@ -1484,7 +1573,7 @@ static int busid_in_use(const char *busid)
 }
 
 struct devlist {
-	uint8_t *buf;
+	uint8_t *buf;			/* NULL: out of memory */
 	size_t len;
 	uint32_t ndev;
 };
@@ -1499,8 +1588,11 @@ static int append_device(const struct usbip_usb_device *rec,
 
 	p = realloc(dl->buf, dl->len + USBIP_DEVICE_SIZE +
 		    (size_t)nifs * USBIP_INTERFACE_SIZE);
-	if (!p)
-		err(1, "realloc");
+	if (!p) {
+		free(dl->buf);
+		dl->buf = NULL;
+		return 1;
+	}
 	dl->buf = p;
 	pack_device(p + dl->len, rec);
 	dl->len += USBIP_DEVICE_SIZE;
@@ -1515,9 +1607,12 @@ static void answer_devlist(struct conn *c)
 	struct devlist dl = { .buf = malloc(OP_COMMON_SIZE + 4),
 			      .len = OP_COMMON_SIZE + 4 };
 
-	if (!dl.buf)
-		err(1, "malloc");
-	for_each_device(append_device, &dl, 1);
+	if (dl.buf)
+		for_each_device(append_device, &dl, 1);
+	if (!dl.buf) {
+		end_after_replies(c, "out of memory for the device list");
+		return;
+	}
 	pack_op_common(dl.buf, OP_REP_DEVLIST, ST_OK);
 	put32(dl.buf + OP_COMMON_SIZE, dl.ndev);
 	queue_bytes(c, dl.buf, dl.len);
@@ -1543,24 +1638,27 @@ static void answer_import(struct conn *c)
 	else if (busid_in_use(c->busid))
 		status = ST_DEV_BUSY;
 	else
-		status = open_device(c, &rec);
+		status = import_device(c, &rec, ifs);
 
 	if (status != ST_OK) {
-		warnx("%s: import of %s refused: %s", c->peer, c->busid,
+		char busid[ESCAPED(SYSFS_BUS_ID_SIZE)];
+
+		warnx("%s: import of %s refused: %s", c->peer,
+		      printable(c->busid, sizeof(c->busid), busid),
 		      op_status_name(status));
 		pack_op_common(rep, OP_REP_IMPORT, status);
 		queue_bytes(c, rep, OP_COMMON_SIZE);
 		end_after_replies(c, "import refused");
 	} else {
 		c->devid = rec.busnum << 16 | rec.devnum;
+		c->deadline_ms = 0;	/* URB phase: idle is normal now */
+		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
 		pack_op_common(rep, OP_REP_IMPORT, ST_OK);
 		pack_device(rep + OP_COMMON_SIZE, &rec);
 		queue_bytes(c, rep, sizeof(rep));
 		warnx("%s: imported %s (%04x:%04x, %s speed)", c->peer,
 		      c->busid, rec.idVendor, rec.idProduct,
 		      speed_name(rec.speed));
-		c->deadline_ms = 0;	/* URB phase: idle is normal now */
-		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
 	}
 }
 
@@ -1704,26 +1802,33 @@ static void inflight_remove(struct conn *c, struct urb *u)
 			*pp = u->next;
 			c->ninflight--;
 			c->inflight_bytes -= (size_t)u->xfer->length;
+			if (u->cmd.base.ep == 0)
+				c->ep0_busy--;
 			return;
 		}
 	}
 }
 
-/* libusb calls this from libusb_handle_events(): one URB is done. */
-static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
+/*
+ * A transfer came back from the device: its reply.  The unlink rules, as
+ * vhci_hcd needs them (drivers/usb/usbip/vhci_rx.c):
+ *  - cancelled in flight by a CMD_UNLINK: a RET_UNLINK with -ECONNRESET
+ *    and no RET_SUBMIT; vhci gives the URB back on the RET_UNLINK and would
+ *    take a RET_SUBMIT after it for a broken stream;
+ *  - completed before the cancel took effect: its RET_SUBMIT, then a
+ *    RET_UNLINK with 0.  The kernel's stub sends the RET_UNLINK alone,
+ *    with the URB's status (stub_tx.c), and so drops an IN transfer's
+ *    data; vhci takes this order too (vhci_recv_ret_unlink() finds the URB
+ *    given back already and just says so), and the driver gets its data.
+ */
+static void answer_transfer(struct urb *u)
 {
-	struct urb *u = x->user_data;
+	struct libusb_transfer *x = u->xfer;
 	struct conn *c = u->conn;
 	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
 	int32_t actual = x->actual_length, status = urb_status(x->status);
 	int32_t errors = 0;
 
-	inflight_remove(c, u);
-	if (c->fd < 0) {
-		put_urb(u);
-		return;
-	}
-	/* Unlink rule 2: cancelled in flight, so RET_UNLINK and no RET_SUBMIT. */
 	if (u->unlinked && x->status == LIBUSB_TRANSFER_CANCELLED) {
 		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
 		put_urb(u);
@@ -1739,11 +1844,29 @@ static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
 	    actual < cmd->transfer_buffer_length)
 		status = -EREMOTEIO;
 	queue_ret_submit(u, status, actual, errors);
-	/* Completed before the cancel landed: RET_SUBMIT, then RET_UNLINK 0. */
 	if (u->unlinked)
 		queue_ret_unlink(c, u->unlink_seqnum, 0);
 	if (x->status == LIBUSB_TRANSFER_NO_DEVICE)
 		end_after_replies(c, "device unplugged");
+}
+
+static void release_held(struct conn *c);
+
+/* libusb calls this from libusb_handle_events(): one URB is done. */
+static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
+{
+	struct urb *u = x->user_data;
+	struct conn *c = u->conn;
+	int control = u->cmd.base.ep == 0;
+
+	inflight_remove(c, u);
+	if (c->fd < 0) {
+		put_urb(u);
+		return;
+	}
+	answer_transfer(u);
+	if (control)
+		release_held(c);	/* the next request on endpoint 0 */
 }
 
 /* -- requests the server runs itself instead of passing them raw -- */
@@ -1779,6 +1902,9 @@ static int set_interface(struct conn *c, int intf, int alt)
 	return rc;
 }
 
+#define USB_ENDPOINT_HALT	0	/* feature selectors: chapter 9 */
+#define USB_PORT_FEAT_RESET	4	/*   and a hub's, chapter 11 */
+
 /*
  * The host's USB core must see these as real operations (stub_rx.c in the
  * kernel does the same), or its idea of toggles and altsettings drifts
@@ -1793,8 +1919,11 @@ static int run_intercepted(struct urb *u)
 	struct conn *c = u->conn;
 	int rc;
 
+	/* usbfs clears no halt on endpoint 0: the device itself answers. */
 	if (type == LIBUSB_RECIPIENT_ENDPOINT &&
-	    req == LIBUSB_REQUEST_CLEAR_FEATURE && value == 0)
+	    req == LIBUSB_REQUEST_CLEAR_FEATURE &&
+	    value == USB_ENDPOINT_HALT &&
+	    (index & LIBUSB_ENDPOINT_ADDRESS_MASK) != 0)
 		rc = libusb_clear_halt(c->handle, (uint8_t)index);
 	else if (type == LIBUSB_RECIPIENT_INTERFACE &&
 		 req == LIBUSB_REQUEST_SET_INTERFACE)
@@ -1803,8 +1932,9 @@ static int run_intercepted(struct urb *u)
 		 req == LIBUSB_REQUEST_SET_CONFIGURATION)
 		rc = set_configuration(c, value);
 	else if (type == (LIBUSB_REQUEST_TYPE_CLASS | LIBUSB_RECIPIENT_OTHER) &&
-		 req == LIBUSB_REQUEST_SET_FEATURE && value == 4)
-		rc = libusb_reset_device(c->handle);	/* hub PORT_RESET */
+		 req == LIBUSB_REQUEST_SET_FEATURE &&
+		 value == USB_PORT_FEAT_RESET)
+		rc = libusb_reset_device(c->handle);	/* the device is a hub */
 	else
 		return 0;
 	debug(1, "%s: ran request %02x %02x %04x %04x: %s", c->peer, type,
@@ -1894,6 +2024,8 @@ static void submit_urb(struct urb *u)
 			c->inflight = u;
 			c->ninflight++;
 			c->inflight_bytes += (size_t)u->xfer->length;
+			if (ep == 0)
+				c->ep0_busy++;
 			return;
 		}
 		status = submit_errno(rc);
@@ -1902,6 +2034,121 @@ static void submit_urb(struct urb *u)
 	}
 	/* Refused before it reached the device: answer at once, no data. */
 	queue_ret_submit(u, status, 0, 0);
+}
+
+/* -- endpoint 0: one control transfer at a time, in request order -- */
+
+/*
+ * A device runs the control requests queued on endpoint 0 one after the
+ * other, and drivers count on their completions coming back in that
+ * order.  Some requests are answered at once here (run_intercepted(), or
+ * refused before they reach the device); were they let through while an
+ * earlier one is still with the device, their replies would overtake it.
+ * So a control request waits until the one before it is back: the bus
+ * would have run them one at a time anyway.
+ */
+static void hold_control(struct conn *c, struct urb *u)
+{
+	u->next = NULL;
+	*c->ep0_tail = u;
+	c->ep0_tail = &u->next;
+	c->nheld++;
+}
+
+/* Takes the held request SEQNUM out of the queue; NULL if not held. */
+static struct urb *unhold_control(struct conn *c, uint32_t seqnum)
+{
+	struct urb **pp, *u;
+
+	for (pp = &c->ep0_held; (u = *pp) != NULL; pp = &u->next) {
+		if (u->cmd.base.seqnum == seqnum) {
+			*pp = u->next;
+			if (!*pp)
+				c->ep0_tail = pp;
+			c->nheld--;
+			return u;
+		}
+	}
+	return NULL;
+}
+
+/* Endpoint 0 is free: run held requests until one is with the device. */
+static void release_held(struct conn *c)
+{
+	while (c->ep0_held && c->ep0_busy == 0)
+		submit_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
+}
+
+/* -- a CMD_UNLINK that overtook its CMD_SUBMIT -- */
+
+/*
+ * vhci_hcd sends submits and unlinks from two queues, and its sender can
+ * put a CMD_UNLINK on the wire before the CMD_SUBMIT it names (seen with
+ * Linux 6.12).  Its seqnums grow by one per command, modulo 2^32, and a
+ * device's submits leave in seqnum order: an unlink that names a seqnum
+ * newer than every submit so far is for an URB still on its way.  It is
+ * held, and that URB is answered as cancelled the moment it arrives.
+ * A submit that passes a held seqnum means its URB will never come.
+ */
+static int seq_after(uint32_t a, uint32_t b)
+{
+	return (int32_t)(a - b) > 0;
+}
+
+static int is_early_unlink(const struct conn *c, uint32_t victim)
+{
+	return !c->submitted || seq_after(victim, c->newest_submit);
+}
+
+/* A client that holds more than vhci_hcd ever would loses the oldest. */
+static void hold_unlink(struct conn *c, uint32_t victim, uint32_t seqnum)
+{
+	if (c->nearly == EARLY_UNLINKS) {
+		queue_ret_unlink(c, c->early[0].seqnum, 0);
+		memmove(c->early, c->early + 1,
+			(EARLY_UNLINKS - 1) * sizeof(c->early[0]));
+		c->nearly--;
+	}
+	c->early[c->nearly++] = (struct early_unlink){ victim, seqnum };
+}
+
+/* U's CMD_SUBMIT arrived: was it unlinked already? */
+static void match_early_unlinks(struct conn *c, struct urb *u)
+{
+	uint32_t seq = u->cmd.base.seqnum;
+	int i, kept = 0;
+
+	if (is_early_unlink(c, seq))
+		c->newest_submit = seq;
+	c->submitted = 1;
+	for (i = 0; i < c->nearly; i++) {
+		struct early_unlink e = c->early[i];
+
+		if (e.victim == seq) {
+			u->unlinked = 1;
+			u->unlink_seqnum = e.seqnum;
+		} else if (seq_after(seq, e.victim)) {
+			queue_ret_unlink(c, e.seqnum, 0);	/* never came */
+		} else {
+			c->early[kept++] = e;
+		}
+	}
+	c->nearly = kept;
+}
+
+/* A CMD_SUBMIT read in full: cancelled already, held, or run. */
+static void start_urb(struct urb *u)
+{
+	struct conn *c = u->conn;
+
+	if (u->unlinked) {
+		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
+		put_urb(u);
+	} else if (u->cmd.base.ep == 0 && (c->ep0_busy > 0 || c->ep0_held)) {
+		hold_control(c, u);
+	} else {
+		submit_urb(u);
+	}
 }
 
 static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
@@ -1925,9 +2172,19 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 		return;
 	}
 	u = get_urb(c, setup + (size_t)len + 1, np);
+	if (!u) {
+		static char why[64];
+
+		/* Its OUT data cannot be skipped without a buffer: the end. */
+		snprintf(why, sizeof(why), "no memory for an URB of %d bytes",
+			 len);
+		end_after_replies(c, why);
+		return;
+	}
 	u->cmd = *h;
 	u->cmd.u.cmd_submit.number_of_packets = np;
 	memcpy(u->buf, cmd->setup, setup);
+	match_early_unlinks(c, u);
 	trace_header(c->peer, h, c->eptype[h->base.direction][h->base.ep]);
 
 	c->rxurb = u;
@@ -1939,8 +2196,13 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 		expect(c, RX_OUT_DATA, NULL, 0);
 }
 
-/* -- CMD_UNLINK, by the spec sheet's unlink rules -- */
-
+/*
+ * CMD_UNLINK: the client's driver gave up on an URB.  Every unlink gets a
+ * RET_UNLINK that echoes the unlink's own seqnum, and never before the
+ * RET_SUBMIT of an URB already answered: -ECONNRESET when the URB was
+ * stopped before it completed (and then it gets no RET_SUBMIT), 0 when
+ * it was too late (see answer_transfer()).
+ */
 static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
 {
 	uint32_t victim = h->u.cmd_unlink.seqnum;
@@ -1955,8 +2217,15 @@ static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
 			return;	/* answered from on_transfer_done() */
 		}
 	}
-	/* Already answered (its RET_SUBMIT is queued ahead) or never seen. */
-	queue_ret_unlink(c, h->base.seqnum, 0);
+	if ((u = unhold_control(c, victim)) != NULL) {
+		queue_ret_unlink(c, h->base.seqnum, -ECONNRESET);
+		put_urb(u);
+	} else if (is_early_unlink(c, victim)) {
+		hold_unlink(c, victim, h->base.seqnum);
+	} else {
+		/* Answered already: its RET_SUBMIT is queued ahead. */
+		queue_ret_unlink(c, h->base.seqnum, 0);
+	}
 }
 
 static void on_header(struct conn *c)
@@ -2007,7 +2276,7 @@ static void on_input(struct conn *c)
 	case RX_ISO_DESC:
 		c->rxurb = NULL;
 		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
-		submit_urb(u);
+		start_urb(u);
 		break;
 	case RX_NONE:
 		break;
@@ -2017,7 +2286,8 @@ static void on_input(struct conn *c)
 static int wants_input(const struct conn *c)
 {
 	return c->fd >= 0 && c->rx != RX_NONE && c->outbytes < OUTQ_LIMIT &&
-	       c->noutq < OUTQ_MSGS && c->ninflight < INFLIGHT_LIMIT &&
+	       c->noutq < OUTQ_MSGS &&
+	       c->ninflight + c->nheld < INFLIGHT_LIMIT &&
 	       c->inflight_bytes < INFLIGHT_BYTES;
 }
 
@@ -2241,13 +2511,19 @@ static void add_conn(int rfd, int wfd, const char *peer)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 
-	if (!c)
-		err(1, "calloc");
+	if (!c) {
+		warnx("%s: refused: out of memory", peer);
+		close(rfd);
+		if (wfd != rfd)
+			close(wfd);
+		return;
+	}
 	c->fd = rfd;
 	c->wfd = wfd;
 	set_nonblocking(rfd);
 	set_nonblocking(wfd);
 	c->outtail = &c->outq;
+	c->ep0_tail = &c->ep0_held;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	expect(c, RX_OP_COMMON, c->rxbuf, OP_COMMON_SIZE);
 	c->deadline_ms = now_ms() + HANDSHAKE_MS;
@@ -2266,7 +2542,8 @@ static int count_conns(void)
 	return n;
 }
 
-static void accept_client(int lfd)
+/* Returns -1 when the process or the system is out of descriptors. */
+static int accept_client(int lfd)
 {
 	static int said_full;
 	struct sockaddr_storage sa;
@@ -2276,12 +2553,13 @@ static void accept_client(int lfd)
 			 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 	if (fd < 0)
-		return;
+		return errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+		       errno == ENOMEM ? -1 : 0;
 	format_peer((struct sockaddr *)&sa, peer, sizeof(peer));
 	if (!is_allowed((struct sockaddr *)&sa)) {
 		warnx("%s: refused: not in --allow", peer);
 		close(fd);
-		return;
+		return 0;
 	}
 	if (count_conns() >= MAX_CONNS) {
 		if (!said_full)
@@ -2289,11 +2567,12 @@ static void accept_client(int lfd)
 			      MAX_CONNS);
 		said_full = 1;
 		close(fd);
-		return;
+		return 0;
 	}
 	said_full = 0;
 	set_tcp_options(fd);
 	add_conn(fd, fd, peer);
+	return 0;
 }
 
 /* A client that connects and then says nothing must not hold a slot. */
@@ -2332,10 +2611,12 @@ static void end_unplugged_sessions(void)
 			end_after_replies(c, "device unplugged");
 }
 
-/* Frees connections that are closed and have no transfer left in libusb. */
-static void reap_conns(void)
+/* Frees connections that are closed and have no transfer left in libusb;
+ * returns how many. */
+static int reap_conns(void)
 {
 	struct conn **pp = &conns;
+	int n = 0;
 
 	while (*pp) {
 		struct conn *c = *pp;
@@ -2349,7 +2630,9 @@ static void reap_conns(void)
 			give_back_device(c);
 		*pp = c->next;
 		free(c);
+		n++;
 	}
+	return n;
 }
 
 static void on_signal(int sig)
@@ -2414,6 +2697,7 @@ static void open_usb(void)
 }
 
 #define MAX_LISTENERS	8
+#define ACCEPT_PAUSE_MS	1000	/* out of descriptors: listeners rest */
 #define SHUTDOWN_MS	5000
 #define REDIAL_MAX_MS	30000
 
@@ -2430,6 +2714,8 @@ struct server {
 	long long stop_by_ms;		/* set when stopping: give up then */
 	long long redial_ms;		/* --connect: next attempt */
 	int backoff_ms;
+	long long accept_again_ms;	/* out of descriptors: 0 or when */
+	int out_of_fds;			/* ... and said so */
 	struct pollfd *pfd;		/* this round's poll set: */
 	struct conn **pconn;		/*   the connection of each entry */
 	size_t n, cap, nusb;
@@ -2464,7 +2750,7 @@ static void build_pollset(struct server *sv)
 	ufds = usb_fds;
 
 	sv->n = 0;
-	for (i = 0; i < sv->nlfd; i++)
+	for (i = 0; i < sv->nlfd && !sv->accept_again_ms; i++)
 		pollset_add(sv, sv->lfd[i], POLLIN, NULL);
 	for (c = conns; c; c = c->next) {
 		if (c->fd < 0)
@@ -2519,6 +2805,27 @@ static void redial(struct server *sv)
 			 sv->backoff_ms * 2;
 }
 
+/*
+ * Out of descriptors, accept() fails and leaves the connection queued, so
+ * the listener stays readable and poll() would return at once, forever.
+ * The listeners rest instead, for ACCEPT_PAUSE_MS or until a session
+ * ends and frees a descriptor; the sessions there are go on.
+ */
+static void pause_accepting(struct server *sv)
+{
+	if (!sv->out_of_fds)
+		warnx("cannot accept connections: %s; new clients wait",
+		      strerror(errno));
+	sv->out_of_fds = 1;
+	sv->accept_again_ms = now_ms() + ACCEPT_PAUSE_MS;
+}
+
+static void resume_accepting(struct server *sv, int freed)
+{
+	if (sv->accept_again_ms && (freed || now_ms() >= sv->accept_again_ms))
+		sv->accept_again_ms = 0;
+}
+
 /* How long poll may sleep: -1 for as long as it takes. */
 static int next_wakeup_ms(struct server *sv)
 {
@@ -2526,6 +2833,13 @@ static int next_wakeup_ms(struct server *sv)
 
 	if (stop_requested)
 		return 100;
+	if (sv->accept_again_ms) {
+		long long left = sv->accept_again_ms - now_ms();
+		int again_in = left > 0 ? (int)left : 0;
+
+		if (wait_ms < 0 || again_in < wait_ms)
+			wait_ms = again_in;
+	}
 	if (sv->o->dial && !conns) {
 		long long now = now_ms();
 		int redial_in = sv->redial_ms > now ?
@@ -2563,7 +2877,10 @@ static void dispatch(struct server *sv, int ready)
 		if (!ev)
 			continue;
 		if (!c) {
-			accept_client(sv->pfd[i].fd);
+			if (accept_client(sv->pfd[i].fd) < 0)
+				pause_accepting(sv);
+			else
+				sv->out_of_fds = 0;
 			continue;
 		}
 		if (ev & (POLLOUT | POLLERR | POLLHUP))
@@ -2611,7 +2928,7 @@ static int serve(const struct serve_opts *o)
 
 		if (stop_requested && !sv.stop_by_ms)
 			begin_stop(&sv);
-		reap_conns();
+		resume_accepting(&sv, reap_conns());
 		if (finished(&sv))
 			break;
 		if (o->dial && !stop_requested)
@@ -3054,17 +3371,23 @@ static int frame(struct framer *f, const uint8_t *p, size_t n)
 	return 0;
 }
 
-/* Copies what FROM has into TO; returns 0 on EOF or error. */
-static int pump(int from, int to, struct framer *f)
+enum pumped { PUMPED, PUMP_EOF, PUMP_READ_ERROR, PUMP_BROKEN,
+	      PUMP_WRITE_ERROR };
+
+/* Copies what FROM has into TO; says how that went (errno with errors). */
+static enum pumped pump(int from, int to, struct framer *f)
 {
 	uint8_t buf[65536];
 	ssize_t n = read(from, buf, sizeof(buf));
 
-	if (n < 0 && errno == EINTR)
-		return 1;
-	if (n <= 0 || frame(f, buf, (size_t)n) != 0)
-		return 0;
-	return write_fully(to, buf, (size_t)n) == 0;
+	if (n < 0)
+		return errno == EINTR ? PUMPED : PUMP_READ_ERROR;
+	if (n == 0)
+		return PUMP_EOF;
+	if (frame(f, buf, (size_t)n) != 0)
+		return PUMP_BROKEN;	/* frame() said why */
+	return write_fully(to, buf, (size_t)n) == 0 ? PUMPED :
+						      PUMP_WRITE_ERROR;
 }
 
 /* Returns 0 when vhci_hcd ended the session (detach), 1 otherwise. */
@@ -3076,6 +3399,7 @@ static int relay(int vhci, const struct link *l)
 		{ .fd = vhci, .events = POLLIN },
 		{ .fd = l->rfd, .events = POLLIN },
 	};
+	enum pumped r;
 
 	for (;;) {
 		if (poll(pfd, 2, -1) < 0) {
@@ -3083,12 +3407,23 @@ static int relay(int vhci, const struct link *l)
 				continue;
 			return 1;
 		}
-		if (pfd[0].revents && !pump(vhci, l->wfd, &to_server))
+		/* vhci_hcd's side: its end closes when the port detaches. */
+		r = pfd[0].revents ? pump(vhci, l->wfd, &to_server) : PUMPED;
+		if (r == PUMP_EOF || r == PUMP_READ_ERROR)
 			return 0;
-		if (pfd[1].revents && !pump(l->rfd, vhci, &to_vhci)) {
-			warnx("%s closed the connection", l->peer);
+		if (r == PUMP_WRITE_ERROR)
+			warn("%s: cannot write to it", l->peer);
+		if (r != PUMPED)
 			return 1;
-		}
+		r = pfd[1].revents ? pump(l->rfd, vhci, &to_vhci) : PUMPED;
+		if (r == PUMP_EOF)
+			warnx("%s closed the connection", l->peer);
+		else if (r == PUMP_READ_ERROR)
+			warn("%s: cannot read from it", l->peer);
+		else if (r == PUMP_WRITE_ERROR)
+			warn("%s: cannot write to vhci_hcd", l->peer);
+		if (r != PUMPED)
+			return 1;
 	}
 }
 
@@ -3229,7 +3564,7 @@ static int cmd_port(void)
 	for (i = 0; i < n; i++) {
 		struct vhci_port *p = &ports[i];
 		char path[PATH_MAX], record[300] = "", vid[8], pid[8],
-		     product[128];
+		     product[128], name[ESCAPED(128)];
 		FILE *f;
 
 		if (p->status == VHCI_STATE_FREE)
@@ -3247,7 +3582,8 @@ static int cmd_port(void)
 				sizeof(product));
 		printf("port %d: %s speed, %s:%s %s, local busid %s, from %s\n",
 		       p->port, speed_name((uint32_t)p->speed),
-		       vid[0] ? vid : "?", pid[0] ? pid : "?", product,
+		       vid[0] ? vid : "?", pid[0] ? pid : "?",
+		       printable(product, sizeof(product), name),
 		       p->local_busid, record[0] ? record : "(no record)");
 		shown++;
 	}
