@@ -35,6 +35,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -680,6 +681,58 @@ static void write_all(int fd, const void *buf, size_t len, const char *peer)
 {
 	if (write_fully(fd, buf, len) < 0)
 		err(1, "%s: write", peer);
+}
+
+/* -- --busy-poll USEC: spin a while before sleeping (serve, the relay) -- */
+
+/*
+ * A round trip through a user-space server wakes it twice, and in a VM a
+ * wakeup can cost more than the transfer.  With --busy-poll, a loop that
+ * just had an event keeps polling without sleeping for up to USEC
+ * microseconds, so the next event of a busy device finds it awake; then
+ * it blocks as before, and an idle server costs nothing.  Each empty
+ * round yields the CPU: on a machine with few CPUs the spinning must not
+ * keep the work it waits for (vhci_hcd's threads, the device's) from
+ * running.
+ */
+struct busy_poll {
+	long usec;			/* the window; 0: off */
+	long long until_us;		/* open until then */
+};
+
+static long long now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+/* The poll timeout to use: 0 while the window is open, else WAIT_MS. */
+static int busy_poll_wait(const struct busy_poll *b, int wait_ms)
+{
+	return b->usec && now_us() < b->until_us ? 0 : wait_ms;
+}
+
+/* After poll() returned READY: an event reopens the window. */
+static void busy_poll_after(struct busy_poll *b, int ready, int waited_ms)
+{
+	if (!b->usec)
+		return;
+	if (ready > 0)
+		b->until_us = now_us() + b->usec;
+	else if (ready == 0 && waited_ms == 0)
+		sched_yield();
+}
+
+static long parse_busy_poll(const char *arg)
+{
+	char *end;
+	long usec = strtol(arg, &end, 10);
+
+	if (*arg == '\0' || *end != '\0' || usec < 1 || usec > 1000000)
+		errx(1, "--busy-poll: %s is not 1..1000000 microseconds", arg);
+	return usec;
 }
 
 /* ---- local USB devices --------------------------------------------- */
@@ -2706,6 +2759,7 @@ struct serve_opts {
 	const char *addr, *port;	/* listen here (the default) */
 	const char *dial;		/* --connect HOST[:PORT]: dial out */
 	int stdio;			/* --stdio: one session, stdin/stdout */
+	long busy_poll_us;		/* --busy-poll: spin after events */
 };
 
 struct server {
@@ -2911,6 +2965,7 @@ static int finished(struct server *sv)
 static int serve(const struct serve_opts *o)
 {
 	struct server sv = { .o = o, .backoff_ms = 1000 };
+	struct busy_poll busy = { .usec = o->busy_poll_us };
 	sigset_t unblocked;
 
 	open_usb();
@@ -2933,7 +2988,7 @@ static int serve(const struct serve_opts *o)
 			break;
 		if (o->dial && !stop_requested)
 			redial(&sv);
-		wait_ms = next_wakeup_ms(&sv);
+		wait_ms = busy_poll_wait(&busy, next_wakeup_ms(&sv));
 		if (wait_ms >= 0) {
 			tv.tv_sec = wait_ms / 1000;
 			tv.tv_nsec = wait_ms % 1000 * 1000000L;
@@ -2943,6 +2998,7 @@ static int serve(const struct serve_opts *o)
 		ready = ppoll(sv.pfd, sv.n, timeout, &unblocked);
 		if (ready < 0 && errno != EINTR)
 			err(1, "poll");
+		busy_poll_after(&busy, ready, wait_ms);
 		dispatch(&sv, ready);
 	}
 	free(sv.pfd);
@@ -3160,6 +3216,7 @@ struct attach_opts {
 	const char *via;		/* --via COMMAND */
 	int persist;
 	const char *busid;
+	long busy_poll_us;		/* --busy-poll, for the --via relay */
 };
 
 /* --listen: the device side dials us (it is behind NAT, say). */
@@ -3391,8 +3448,9 @@ static enum pumped pump(int from, int to, struct framer *f)
 }
 
 /* Returns 0 when vhci_hcd ended the session (detach), 1 otherwise. */
-static int relay(int vhci, const struct link *l)
+static int relay(int vhci, const struct link *l, long busy_poll_us)
 {
+	struct busy_poll busy = { .usec = busy_poll_us };
 	struct framer to_server = { .who = l->peer },
 		      to_vhci = { .who = l->peer };
 	struct pollfd pfd[2] = {
@@ -3402,7 +3460,11 @@ static int relay(int vhci, const struct link *l)
 	enum pumped r;
 
 	for (;;) {
-		if (poll(pfd, 2, -1) < 0) {
+		int wait_ms = busy_poll_wait(&busy, -1),
+		    ready = poll(pfd, 2, wait_ms);
+
+		busy_poll_after(&busy, ready, wait_ms);
+		if (ready < 0) {
 			if (errno == EINTR && !stop_requested)
 				continue;
 			return 1;
@@ -3471,7 +3533,7 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 	printf("%d\n", port);
 	fflush(stdout);
 	if (o->via) {
-		rc = relay(sv[0], &l);
+		rc = relay(sv[0], &l, o->busy_poll_us);
 		/* Closing our end is what makes vhci_hcd let the port go. */
 		close(sv[0]);
 		close(l.rfd);
@@ -3662,9 +3724,11 @@ static void usage(FILE *out)
 "  serve --connect HOST[:PORT] [BUSID...]\n"
 "                                 dial the client instead of listening\n"
 "  serve --stdio BUSID            one session on stdin/stdout (ssh)\n"
+"  serve --busy-poll USEC ...     spin USEC us after each event: lower\n"
+"                                 latency for CPU (default: sleep)\n"
 "  attach [--persist] HOST[:PORT] BUSID\n"
 "  attach [--persist] --listen [ADDR:]PORT BUSID\n"
-"  attach [--persist] --via 'COMMAND' BUSID\n"
+"  attach [--persist] [--busy-poll USEC] --via 'COMMAND' BUSID\n"
 "                                 import a device into vhci_hcd; prints\n"
 "                                 the vhci port (--via stays to relay)\n"
 "  port                           devices imported on this machine\n"
@@ -3679,6 +3743,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "max-length", required_argument, NULL, 'm' },
 		{ "connect", required_argument, NULL, 'c' },
 		{ "stdio", no_argument, NULL, 's' },
+		{ "busy-poll", required_argument, NULL, 'B' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct serve_opts o = { .port = USBIP_PORT };
@@ -3701,6 +3766,9 @@ static int cmd_serve(int argc, char **argv)
 			break;
 		case 's':
 			o.stdio = 1;
+			break;
+		case 'B':
+			o.busy_poll_us = parse_busy_poll(optarg);
 			break;
 		case 'A':
 			parse_allow(optarg);
@@ -3734,6 +3802,7 @@ static int cmd_attach(int argc, char **argv)
 		{ "listen", required_argument, NULL, 'l' },
 		{ "via", required_argument, NULL, 'x' },
 		{ "persist", no_argument, NULL, 'P' },
+		{ "busy-poll", required_argument, NULL, 'B' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct attach_opts o = { 0 };
@@ -3751,6 +3820,9 @@ static int cmd_attach(int argc, char **argv)
 			break;
 		case 'P':
 			o.persist = 1;
+			break;
+		case 'B':
+			o.busy_poll_us = parse_busy_poll(optarg);
 			break;
 		case 'v':
 			verbose++;
@@ -3774,6 +3846,9 @@ static int cmd_attach(int argc, char **argv)
 	}
 	if (strlen(o.busid) >= SYSFS_BUS_ID_SIZE)
 		errx(1, "busid %s is too long", o.busid);
+	/* Without --via the kernel reads the socket: nothing here polls. */
+	if (o.busy_poll_us && !o.via)
+		errx(1, "attach --busy-poll works with --via only");
 	find_vhci(dir, sizeof(dir));
 	return o.persist ? attach_persist(&o, dir) : attach_once(&o, dir);
 }
