@@ -23,7 +23,21 @@ bench: p2pusb
 clean:
 	rm -f p2pusb tests/wire-test
 
-.PHONY: all test clean bench
+# Debian's habits: PREFIX for where it lives, DESTDIR for packaging.
+PREFIX  ?= /usr/local
+BINDIR  = $(DESTDIR)$(PREFIX)/bin
+DOCDIR  = $(DESTDIR)$(PREFIX)/share/doc/p2pusb
+
+install: p2pusb
+	install -d $(BINDIR) $(DOCDIR)
+	install -m 755 p2pusb $(BINDIR)/p2pusb
+	install -m 644 README $(DOCDIR)/README
+
+uninstall:
+	rm -f $(BINDIR)/p2pusb $(DOCDIR)/README
+	-rmdir $(DOCDIR) 2>/dev/null
+
+.PHONY: all test clean bench install uninstall
 
 # ---- embedded boards: cross and static builds (README: Embedded boards) --
 #   make CROSS=aarch64-linux-gnu-     ->  p2pusb-aarch64
