@@ -11,8 +11,9 @@ set -u
 cd "$(dirname "$0")"
 
 PACKAGES="gcc make pkg-config libusb-1.0-0-dev clang valgrind
-	qemu-system-x86 linux-image-amd64 busybox-static kmod cpio
-	usbip usbutils alsa-utils sox openssh-server openssh-client"
+	qemu-system-x86 linux-image-amd64 linux-image-6.12-amd64
+	busybox-static kmod cpio xz-utils zstd
+	usbip usbutils alsa-utils sox openssh-server openssh-client systemd"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/p2pusb-test.XXXXXX")
 PORT=$((20000 + $$ % 20000))
 passed=0
@@ -20,7 +21,7 @@ failed=0
 ONLY=${1:-}
 
 cleanup() {
-	pkill -P $$ 2>/dev/null
+	[ -z "${SERVER_PID:-}" ] || kill "$SERVER_PID" 2>/dev/null
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -125,8 +126,9 @@ start_host_server() {
 }
 
 stop_host_server() {
-	pkill -INT -f "serve -a 127.0.0.1 -p $PORT"
-	wait
+	kill -INT "$SERVER_PID"
+	wait "$SERVER_PID"
+	SERVER_PID=
 }
 
 # A USB-less server still answers: an empty list, NODEV for any busid, and
@@ -205,6 +207,76 @@ host_many_clients() {
 	[ "$after" -eq "$before" ]
 }
 
+# Out of descriptors, the server rests its listeners instead of spinning
+# on a connection it cannot accept, and serves again once they are freed.
+host_out_of_fds() {
+	local bin=${1:-./p2pusb} fds=() fd pid t0 t1 hz used n
+	(ulimit -n 32 && exec $bin serve -a 127.0.0.1 -p $PORT) \
+		2>"$WORK/host-serve.log" &
+	pid=$!
+	for _ in $(seq 50); do
+		grep -q "serving on" "$WORK/host-serve.log" && break
+		sleep 0.1
+	done
+	for _ in $(seq 60); do
+		exec {fd}<>/dev/tcp/127.0.0.1/$PORT || break
+		fds+=("$fd")
+	done
+	sleep 0.5
+	t0=$(awk '{ print $14 + $15 }' /proc/$pid/stat)
+	sleep 3
+	t1=$(awk '{ print $14 + $15 }' /proc/$pid/stat)
+	hz=$(getconf CLK_TCK)
+	used=$(( (t1 - t0) * 1000 / hz ))
+	echo "measured: ${#fds[@]} connections under ulimit -n 32:" \
+		"server used $used ms of CPU in 3 s"
+	for fd in "${fds[@]}"; do exec {fd}<&-; done
+	timeout 20 ./p2pusb list 127.0.0.1:$PORT || { kill $pid; return 1; }
+	kill -INT $pid
+	wait $pid
+	cat "$WORK/host-serve.log"
+	# One line each time the descriptors run out, not one per poll().
+	n=$(grep -c "cannot accept connections" "$WORK/host-serve.log")
+	[ "$used" -lt 300 ] && [ "$n" -ge 1 ] && [ "$n" -le 3 ]
+}
+
+# cpu_ms PID: user+system CPU time the process has used, in ms.
+cpu_ms() {
+	awk -v hz="$(getconf CLK_TCK)" '{ print int(($14 + $15) * 1000 / hz) }' \
+		"/proc/$1/stat"
+}
+
+# --busy-poll spins only after events: an idle server sleeps as before.
+host_busy_poll_idle() {
+	local t0 t1
+	start_host_server ./p2pusb --busy-poll 2000 || return 1
+	./p2pusb list 127.0.0.1:$PORT || return 1
+	sleep 1
+	t0=$(cpu_ms $SERVER_PID)
+	sleep 3
+	t1=$(cpu_ms $SERVER_PID)
+	echo "measured: idle serve --busy-poll 2000 used $((t1 - t0)) ms" \
+		"of CPU in 3 s"
+	./p2pusb list 127.0.0.1:$PORT || return 1
+	stop_host_server
+	[ $((t1 - t0)) -lt 30 ]
+}
+
+# make install lays out the binary and the README, and nothing else;
+# make uninstall takes them away again.
+make_install() {
+	local d files
+	d=$(mktemp -d "$WORK/install.XXXX")
+	make -s install DESTDIR="$d" PREFIX=/usr || return 1
+	files=$(cd "$d" && find . -type f | sort | tr '\n' ' ')
+	echo "installed: $files"
+	[ "$files" = "./usr/bin/p2pusb ./usr/share/doc/p2pusb/README " ] ||
+		return 1
+	"$d/usr/bin/p2pusb" -V || return 1
+	make -s uninstall DESTDIR="$d" PREFIX=/usr || return 1
+	[ -z "$(find "$d" -type f)" ]
+}
+
 # Every prefix of a handshake, then a hang-up: the server shrugs each off.
 host_truncated_handshakes() {
 	local req n
@@ -275,10 +347,16 @@ client_errors() {
 
 # ---- VM scenarios ----
 
+# vm_scenario [-K KERNEL] NAME [ARGS...]: tests/scenarios.sh NAME in a VM,
+# on Debian 12's stock kernel or, with -K 6.12, on 6.12 (tests/vm.sh -K).
 vm_scenario() {
-	local out
-	out=$(mktemp -d "$WORK/vm-$1.XXXX")
-	tests/vm.sh -t 300 -o "$out" tests/scenarios.sh "$@"
+	local out kernel=()
+	if [ "$1" = -K ]; then
+		kernel=(-K "$2")
+		shift 2
+	fi
+	out=$(mktemp -d "$WORK/vm-$1${kernel[1]:+-${kernel[1]}}.XXXX")
+	tests/vm.sh "${kernel[@]}" -t 300 -o "$out" tests/scenarios.sh "$@"
 }
 
 # make bench is no test, but the helper it builds must not rot unseen.
@@ -389,7 +467,7 @@ idle_footprint() {
 	make p2pusb && make static || return 1
 	for bin in p2pusb p2pusb-static; do
 		start_host_server "./$bin" || return 1
-		pid=$(pgrep -f "^./$bin serve -a 127.0.0.1 -p $PORT")
+		pid=$SERVER_PID
 		./p2pusb list 127.0.0.1:$PORT || return 1
 		echo "measured: idle $bin serve:" $(grep -E \
 			'^(VmHWM|VmRSS|RssAnon|RssFile)' "/proc/$pid/status")
@@ -432,6 +510,9 @@ check "host: --allow refuses other clients" host_allow
 check "host: a silent client is dropped, others are served" host_silent_client
 check "host: 300 connections at once, no descriptor leaked" host_many_clients
 check "host: handshake cut at every byte boundary" host_truncated_handshakes
+check "host: out of descriptors, no spinning; serves again after" host_out_of_fds
+check "host: an idle serve --busy-poll uses no CPU" host_busy_poll_idle
+check "make install / uninstall (DESTDIR, PREFIX)" make_install
 check "fuzz: replay tests/corpus over a fake device under ASan+UBSan (gcc)" fuzz_replay
 check "fuzz: libFuzzer ${FUZZ_SECONDS:-60} s over a fake device, no crash, leak or UB" fuzz_libfuzzer
 check "vm 1: p2pusb serve <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client
@@ -460,6 +541,14 @@ check "vm fault: unlink storm, CLEAR_HALT / SET_INTERFACE / discards via usbfs" 
 check "vm fault: server under valgrind across import, copy, detach, vanished client" vm_scenario fault_valgrind
 check "vm fault: 60 s soak of attach/copy/detach cycles; fds and VmRSS flat" vm_scenario fault_soak
 check "vm fault: client unconfigures and reconfigures the device" vm_scenario fault_reconfigure
+
+# 6.12's vhci_hcd times things differently from 6.1's: the same peers again.
+check "vm 6.12: p2pusb serve <-> kernel usbip attach (usb-storage)" vm_scenario -K 6.12 kernel_client
+check "vm 6.12: kernel usbipd <-> p2pusb attach (usb-storage)" vm_scenario -K 6.12 kernel_server
+check "vm 6.12: p2pusb <-> p2pusb (usb-storage)" vm_scenario -K 6.12 p2pusb_both
+check "vm 6.12: unlink storm, ACM tty opened and closed 300 times during I/O" vm_scenario -K 6.12 fault_unlink_serial
+check "vm 6.12: unlink storm, readers killed mid-transfer on three devices" vm_scenario -K 6.12 fault_unlink_kill
+check "vm 6.12: unlink storm, CLEAR_HALT / SET_INTERFACE / discards via usbfs" vm_scenario -K 6.12 fault_unlink_halt
 
 check "cross: make CROSS=aarch64-linux-gnu- / arm-linux-gnueabihf- (-Werror), -V under qemu" cross_build
 check "cross: wire format on aarch64 (qemu-user)" wire_cross aarch64-linux-gnu qemu-aarch64-static

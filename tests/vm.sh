@@ -7,13 +7,22 @@
 # host's / is shared read-only over 9p with a tmpfs overlay on top, so every
 # host binary (and the freshly built p2pusb) is there, and writes vanish.
 #
-# Usage: tests/vm.sh [-t TIMEOUT_SECONDS] [-q 'EXTRA QEMU ARGS'] [-o OUTDIR]
-#                    [-k] SCRIPT [ARGS...]
+# Usage: tests/vm.sh [-K KERNEL] [-t TIMEOUT_SECONDS] [-q 'EXTRA QEMU ARGS']
+#                    [-o OUTDIR] [-k] SCRIPT [ARGS...]
 #        tests/vm.sh --install-deps     (apt-get the packages it needs)
 #
 #   SCRIPT   runs under bash in the guest, as root, cwd = its git repo (or
 #            its own dir), stdin = /dev/null.  Its stdout/stderr come out on
 #            our stdout; vm.sh exits with its exit code.
+#   -K VER   the guest kernel: a full version from /boot/vmlinuz-VER (like
+#            6.12.117+deb12-amd64), or its start up to a dot, dash or plus
+#            (6.12, 6.1, 6.1.0-57): the newest such vmlinuz whose modules
+#            are installed.  So -K 6.1 is Debian 12's 6.1 series, never
+#            6.12.  Default: Debian 12's stock kernel, the one the package
+#            linux-image-amd64 depends on (if that names no usable kernel:
+#            the newest 6.1.*, else the newest of all, with a note).
+#            linux-image-6.12-amd64 gives 6.12 (-K 6.12), whose vhci_hcd
+#            times things differently.
 #   -t N     kill the VM after N seconds (default 300) and fail.
 #   -q ARGS  extra qemu arguments, split on whitespace (e.g. emulated USB
 #            devices: '-device qemu-xhci,id=xhci -device usb-kbd,bus=xhci.0').
@@ -26,12 +35,14 @@
 # reporting one (kernel panic, oops: see the kernel log tail printed), 2 on
 # bad usage or missing packages.
 #
-# Environment: P2PUSB_KERNEL=VERSION picks a kernel from /boot (default: the
-# newest vmlinuz-* that has /lib/modules/VERSION); P2PUSB_VM_MEM (MiB, 1024);
-# P2PUSB_VM_BOOT_S (seconds a boot may take before it counts as hung, 120).
+# Environment: P2PUSB_KERNEL=VER is -K VER (-K wins); P2PUSB_VM_MEM (MiB,
+# 1024); P2PUSB_VM_BOOT_S (seconds a boot may take before it counts as
+# hung, 120).
 set -eu
 
-PACKAGES="qemu-system-x86 linux-image-amd64 busybox-static kmod cpio usbip usbutils libusb-1.0-0-dev alsa-utils"
+PACKAGES="qemu-system-x86 linux-image-amd64 linux-image-6.12-amd64
+          busybox-static kmod cpio xz-utils zstd usbip usbutils
+          libusb-1.0-0-dev alsa-utils"
 MARKER=P2PUSB-EXIT
 
 die() { echo "vm.sh: $*" >&2; exit 2; }
@@ -48,8 +59,10 @@ timeout_s=300
 qemu_extra=""
 outdir=""
 show_klog=0
-while getopts "t:q:o:kh" opt; do
+kernel_arg=${P2PUSB_KERNEL:-}
+while getopts "K:t:q:o:kh" opt; do
     case $opt in
+        K) kernel_arg=$OPTARG ;;
         t) timeout_s=$OPTARG ;;
         q) qemu_extra=$OPTARG ;;
         o) outdir=$OPTARG ;;
@@ -58,7 +71,8 @@ while getopts "t:q:o:kh" opt; do
     esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || die "usage: vm.sh [-t SECS] [-q 'QEMU ARGS'] [-o OUTDIR] [-k] SCRIPT [ARGS...]"
+[ $# -ge 1 ] || die "usage: vm.sh [-K KERNEL] [-t SECS] [-q 'QEMU ARGS']" \
+    "[-o OUTDIR] [-k] SCRIPT [ARGS...]"
 case $timeout_s in ''|*[!0-9]*) die "-t wants whole seconds, not '$timeout_s'" ;; esac
 case ${P2PUSB_VM_BOOT_S:-120} in ''|*[!0-9]*) die "P2PUSB_VM_BOOT_S wants whole seconds" ;; esac
 
@@ -74,24 +88,55 @@ if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
 fi
 
 # --- pick the guest kernel: a vmlinuz whose modules are installed ----------
-kver=${P2PUSB_KERNEL:-}
-if [ -z "$kver" ]; then
+usable() { [ -r "/boot/vmlinuz-$1" ] && [ -f "/lib/modules/$1/modules.dep" ]; }
+kernels() {  # every usable version, oldest first
+    local k
     for k in $(printf '%s\n' /boot/vmlinuz-* | sed 's|^/boot/vmlinuz-||' | sort -V); do
-        [ ! -f "/lib/modules/$k/modules.dep" ] || kver=$k
+        ! usable "$k" || echo "$k"
     done
+}
+# newest_kernel PREFIX: the newest usable version that is PREFIX itself or
+# PREFIX followed by anything but a digit (6.1 takes 6.1.0-57, not 6.12.x).
+newest_kernel() {
+    local k found=""
+    for k in $(kernels); do
+        case $k in "$1"|"$1"[!0-9]*) found=$k ;; esac
+    done
+    [ -n "$found" ] && echo "$found"
+}
+# stock_kernel: Debian 12's default, the image linux-image-amd64 depends on
+# (like "linux-image-6.1.0-57-amd64 (= 6.1.192-3)").
+stock_kernel() {
+    local dep
+    dep=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null) ||
+        return 1
+    dep=${dep%%[ ,|]*}; dep=${dep#linux-image-}; dep=${dep%-unsigned}
+    [ -n "$dep" ] && usable "$dep" && echo "$dep"
+}
+if [ -n "$kernel_arg" ]; then
+    kver=$(newest_kernel "$kernel_arg") ||
+        die "no kernel '$kernel_arg' in /boot with its /lib/modules;" \
+            "usable: $(kernels | tr '\n' ' ')(6.12: $0 --install-deps)"
+elif ! kver=$(stock_kernel); then
+    kver=$(newest_kernel 6.1) || kver=$(kernels | tail -n1)
+    [ -z "$kver" ] ||
+        echo "vm.sh: note: linux-image-amd64 names no usable kernel;" \
+             "using $kver" >&2
 fi
-if [ -z "$kver" ] || [ ! -r "/boot/vmlinuz-$kver" ]; then
+if [ -z "$kver" ] || ! usable "$kver"; then
     die "no usable /boot/vmlinuz-* with /lib/modules; run: $0 --install-deps"
 fi
 moddir=/lib/modules/$kver
 
 # --- the initramfs: busybox, 9p/overlay modules and /init ------------------
 # It only has to mount the host's / and chroot into it, so it is tiny and is
-# cached per kernel version; the cache key also covers this file, so editing
-# /init below rebuilds it.
+# cached per kernel version (in its name and its key, with that kernel's
+# modules.dep and vmlinuz); the key also covers this file, so editing /init
+# below rebuilds it.
 cache=${TMPDIR:-/tmp}/p2pusb-vm
 mkdir -p "$cache"
-key=$( (cat "$0" "$moddir/modules.dep"; stat -c %Y "/boot/vmlinuz-$kver") | md5sum | cut -c1-12)
+key=$( (echo "$kver"; cat "$0" "$moddir/modules.dep"
+        stat -c %Y "/boot/vmlinuz-$kver") | md5sum | cut -c1-12)
 initrd=$cache/initrd-$kver-$key.cpio.gz
 
 # Modules the initramfs needs, in the order given; their dependencies are
@@ -170,6 +215,17 @@ poweroff_now
 EOF
 }
 
+unpack_module() {  # FILE: the module, uncompressed, on stdout
+    case $1 in
+        *.ko.xz)
+            if command -v xz >/dev/null; then xz -dc "$1"
+            else /bin/busybox unxz -c "$1"; fi ;;
+        *.ko.zst) zstd -qdc "$1" ;;
+        *.ko.gz)  gzip -dc "$1" ;;
+        *)        cat "$1" ;;
+    esac
+}
+
 build_initrd() {
     local tmp name path
     tmp=$(mktemp -d "$cache/build.XXXXXX")
@@ -195,8 +251,9 @@ build_initrd() {
         seen[$n]=1
         if [ -z "${path_of[$n]:-}" ]; then
             # builtin modules need nothing; others are simply absent here
+            # (6.12 has no fscache module: it is part of netfs there)
             grep -q "/$n.ko" "$moddir/modules.builtin" 2>/dev/null \
-                || echo "vm.sh: note: module $n not found for $kver" >&2
+                || echo "vm.sh: note: no module $n in $kver; skipped" >&2
             return 0
         fi
         for d in ${deps_of[$n]}; do
@@ -206,14 +263,14 @@ build_initrd() {
     }
     for name in $BOOT_MODULES; do visit "$name"; done
 
+    # busybox insmod wants plain .ko files (6.12's are .ko.xz), so they are
+    # unpacked here, on the host: xz, else busybox's own unxz.
     for name in "${order[@]}"; do
         path=$moddir/${path_of[$name]}
-        case $path in   # busybox insmod wants plain .ko files
-            *.ko.xz)  xz -dc "$path" ;;
-            *.ko.zst) zstd -qdc "$path" ;;
-            *.ko.gz)  gzip -dc "$path" ;;
-            *)        cat "$path" ;;
-        esac >"$tmp/lib/modules/$name.ko"
+        unpack_module "$path" >"$tmp/lib/modules/$name.ko" || {
+            rm -rf "$tmp"
+            die "cannot unpack $path (xz-utils, zstd installed?)"
+        }
     done
     printf '%s\n' "${order[@]}" >"$tmp/modules.order"
 
@@ -227,21 +284,39 @@ if [ ! -s "$initrd" ]; then
 fi
 
 # --- the kernel image ------------------------------------------------------
-# Under TCG, unpacking the xz-compressed bzImage costs ~6 s of every boot.
+# Under TCG, unpacking the compressed bzImage costs ~6 s of every boot.
 # A kernel built with CONFIG_PVH can instead be started as the plain ELF
 # vmlinux inside it, so unpack that once and cache it (about 70 MB).
+# 6.1's payload is xz, 6.12's zstd; the first magic number that unpacks to
+# a whole ELF file is the one.
 kimage=/boot/vmlinuz-$kver
 vmlinux=$cache/vmlinux-$kver
+whole_elf() {  # FILE: an ELF file as long as its section header table says
+    local shoff shent shnum
+    [ "$(head -c4 "$1" | od -An -c | tr -d ' ')" = '177ELF' ] || return 1
+    shoff=$(od -An -t u8 -j 40 -N 8 "$1" | tr -d ' ')
+    read -r shent shnum < <(od -An -t u2 -j 58 -N 4 "$1")
+    [ "$(stat -c %s "$1")" -ge $((shoff + shent * shnum)) ]
+}
 [ "$vmlinux" -nt "$kimage" ] || rm -f "$vmlinux"   # a reinstalled kernel
 if [ ! -s "$vmlinux" ] && grep -qx CONFIG_PVH=y "/boot/config-$kver" 2>/dev/null; then
-    off=$(LC_ALL=C grep -abo $'\xfd7zXZ\x00' "$kimage" | head -n1 | cut -d: -f1) || true
-    if [ -n "$off" ] && command -v xz >/dev/null; then
-        tail -c +$((off + 1)) "$kimage" | xz -dc --single-stream >"$vmlinux.$$" 2>/dev/null || true
-        if [ "$(head -c4 "$vmlinux.$$" | od -An -c | tr -d ' ')" = '177ELF' ]; then
-            mv -f "$vmlinux.$$" "$vmlinux"
-        else
-            rm -f "$vmlinux.$$"
-        fi
+    if grep -qx CONFIG_KERNEL_ZSTD=y "/boot/config-$kver"; then
+        magic=$'\x28\xb5\x2f\xfd' unpack="zstd -qdc"
+    else
+        magic=$'\xfd7zXZ\x00' unpack="xz -dc --single-stream"
+    fi
+    if command -v "${unpack%% *}" >/dev/null; then
+        for off in $(LC_ALL=C grep -abo -F "$magic" "$kimage" | head -n4 |
+                     cut -d: -f1); do
+            # zstd complains about the bytes after its frame: ignored
+            tail -c +$((off + 1)) "$kimage" |
+                $unpack >"$vmlinux.$$" 2>/dev/null || true
+            if whole_elf "$vmlinux.$$"; then
+                mv -f "$vmlinux.$$" "$vmlinux"
+                break
+            fi
+        done
+        rm -f "$vmlinux.$$"
     fi
 fi
 [ ! -s "$vmlinux" ] || kimage=$vmlinux
