@@ -291,6 +291,62 @@ host_truncated_handshakes() {
 	! grep -E "Sanitizer|runtime error" "$WORK/host-serve.log"
 }
 
+# ---- host: a hostile or broken server (tests/bad-server) ----
+
+build_bad_server() {
+	gcc -std=c11 -Wall -Wextra -Werror -O2 -o tests/bad-server \
+		tests/bad-server.c
+}
+
+# hostile_list SCENARIO RC REGEX: `p2pusb list` against tests/bad-server
+# playing SCENARIO.  It must exit RC and print nothing but printable ASCII
+# and newlines; with RC 1 stderr is exactly one line naming the peer and
+# matching the extended REGEX, with RC 0 stderr is empty and REGEX is for
+# stdout.  (The attach forms need vhci_hcd: tests/hostile-server.sh.)
+hostile_list() {
+	local scen=$1 want=$2 re=$3 port=$((30000 + ($$ + 5000) % 10000))
+	local out=$WORK/hostile-$1 rc bad n start=$SECONDS
+	tests/bad-server -t 60 $port "$scen" 2>"$out.server" &
+	bad=$!
+	for _ in $(seq 50); do
+		grep -q listening "$out.server" && break
+		sleep 0.1
+	done
+	timeout 60 ./p2pusb list 127.0.0.1:$port >"$out.out" 2>"$out.err"
+	rc=$?
+	timeout 30 tail --pid=$bad -f /dev/null || kill $bad
+	wait $bad
+	echo "p2pusb list: exit $rc after $((SECONDS - start)) s; stdout:"
+	head -n 3 "$out.out" | cut -c 1-200 | cat -v
+	echo "stderr:"
+	cat -v "$out.err"
+	cat "$out.server"
+	[ "$scen" != silent ] ||
+		echo "measured: a silent server: p2pusb list gave up after $((SECONDS - start)) s"
+	[ "$rc" -eq "$want" ] || { echo "exit $rc, expected $want"; return 1; }
+	n=$(cat "$out.out" "$out.err" | LC_ALL=C tr -d '\n\040-\176' | wc -c)
+	[ "$n" -eq 0 ] || { echo "$n bytes neither printable nor newline"; return 1; }
+	if [ "$want" -eq 0 ]; then
+		[ ! -s "$out.err" ] || { echo "stderr is not empty"; return 1; }
+		grep -qE -- "$re" "$out.out" || { echo "stdout lacks /$re/"; return 1; }
+	else
+		[ "$(wc -l <"$out.err")" -eq 1 ] &&
+			[ "$(awk 'END { print NR }' "$out.err")" -eq 1 ] ||
+			{ echo "stderr is not exactly one line"; return 1; }
+		grep -q "127.0.0.1:$port" "$out.err" ||
+			{ echo "the error does not name the peer"; return 1; }
+		grep -qE -- "$re" "$out.err" ||
+			{ echo "the error lacks /$re/"; return 1; }
+	fi
+}
+
+# The attach and attach --via forms too, against vhci_hcd: one VM.
+vm_hostile() {
+	local out
+	out=$(mktemp -d "$WORK/vm-hostile.XXXX")
+	tests/vm.sh -t 300 -o "$out" tests/hostile-server.sh
+}
+
 # ---- fuzz: the server's input path over a fake libusb (tests/fuzz.c) ----
 
 # Every seed in tests/corpus under ASan+UBSan (gcc, no libFuzzer needed);
@@ -513,8 +569,18 @@ check "host: handshake cut at every byte boundary" host_truncated_handshakes
 check "host: out of descriptors, no spinning; serves again after" host_out_of_fds
 check "host: an idle serve --busy-poll uses no CPU" host_busy_poll_idle
 check "make install / uninstall (DESTDIR, PREFIX)" make_install
+
+check "build tests/bad-server (a hostile USB/IP server for client tests)" build_bad_server
+check "host: hostile server: list shows a busid's terminal escapes as text" hostile_list devlist-escape 0 '\\x1b.*pwned'
+check "host: hostile server: list, device list refused (status 1, no count)" hostile_list devlist-refused 1 'refused the device list'
+check "host: hostile server: list, device record cut short, then EOF" hostile_list short-record 1 'closed the connection'
+check "host: hostile server: list, ndev 0xffffffff, then EOF" hostile_list huge-count 1 'closed the connection|count'
+check "host: hostile server: list, a server that never answers" hostile_list silent 1 'no answer within [0-9]+ s'
+check "host: hostile server: list, 64 MiB of random bytes" hostile_list garbage 1 'version|op code'
+check "host: hostile server: list, 1 MiB of random device records, shown printable" hostile_list devlist-garbage 1 'closed the connection'
 check "fuzz: replay tests/corpus over a fake device under ASan+UBSan (gcc)" fuzz_replay
 check "fuzz: libFuzzer ${FUZZ_SECONDS:-60} s over a fake device, no crash, leak or UB" fuzz_libfuzzer
+check "vm: hostile server: list, attach, attach --via; one error line, nothing attached" vm_hostile
 check "vm 1: p2pusb serve <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client
 check "vm 2: kernel usbipd <-> p2pusb attach (usb-storage)" vm_scenario kernel_server
 check "vm 3: p2pusb <-> p2pusb (usb-storage)" vm_scenario p2pusb_both
@@ -529,6 +595,9 @@ check "vm 10: attach --via ssh through a real OpenSSH server" vm_scenario via_ss
 check "vm 11: attach --persist re-imports after a server restart" vm_scenario persist
 check "vm 12: -vv traces a known session in decoded lines" vm_scenario trace
 check "vm 13: a client flooding submits unread: bounded, others served" flood_scenario
+check "vm 14: systemd socket activation: serve --stdio per connection, usbip attach" vm_scenario socket_activation
+check "vm 15: serve --busy-poll 200 <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client_busy_poll
+check "vm 16: attach --busy-poll --via serve --busy-poll --stdio (usb-storage)" vm_scenario via_pipe_busy_poll
 check "build tests/rtt-bench (make bench's load), its wake probe runs" rtt_bench_builds
 check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c
 check "vm fault: client socket destroyed mid-copy; device given back, imports again" vm_scenario fault_client_gone
@@ -541,6 +610,8 @@ check "vm fault: unlink storm, CLEAR_HALT / SET_INTERFACE / discards via usbfs" 
 check "vm fault: server under valgrind across import, copy, detach, vanished client" vm_scenario fault_valgrind
 check "vm fault: 60 s soak of attach/copy/detach cycles; fds and VmRSS flat" vm_scenario fault_soak
 check "vm fault: client unconfigures and reconfigures the device" vm_scenario fault_reconfigure
+check "vm fault: cancel storm, 1,000 bulk IN reads submitted and discarded at once (usbip attach)" vm_scenario cancel_storm
+check "vm fault: 16 queued control requests complete in order, statuses as on the gadget itself" vm_scenario ctrl_order
 
 # 6.12's vhci_hcd times things differently from 6.1's: the same peers again.
 check "vm 6.12: p2pusb serve <-> kernel usbip attach (usb-storage)" vm_scenario -K 6.12 kernel_client
@@ -549,6 +620,8 @@ check "vm 6.12: p2pusb <-> p2pusb (usb-storage)" vm_scenario -K 6.12 p2pusb_both
 check "vm 6.12: unlink storm, ACM tty opened and closed 300 times during I/O" vm_scenario -K 6.12 fault_unlink_serial
 check "vm 6.12: unlink storm, readers killed mid-transfer on three devices" vm_scenario -K 6.12 fault_unlink_kill
 check "vm 6.12: unlink storm, CLEAR_HALT / SET_INTERFACE / discards via usbfs" vm_scenario -K 6.12 fault_unlink_halt
+check "vm 6.12: cancel storm, 1,000 bulk IN reads submitted and discarded at once (usbip attach)" vm_scenario -K 6.12 cancel_storm
+check "vm 6.12: 16 queued control requests complete in order, statuses as on the gadget itself" vm_scenario -K 6.12 ctrl_order
 
 check "cross: make CROSS=aarch64-linux-gnu- / arm-linux-gnueabihf- (-Werror), -V under qemu" cross_build
 check "cross: wire format on aarch64 (qemu-user)" wire_cross aarch64-linux-gnu qemu-aarch64-static

@@ -21,11 +21,28 @@ on_exit() {
 	stop_server || rc=1
 	if [ $rc -ne 0 ]; then
 		echo "--- server log"; cat "$LOG"/serve*.log 2>/dev/null || true
-		usb_dump
+		usb_dump_bounded
 		echo "FAIL"
 		exit 1
 	fi
 	echo PASS
+}
+
+# usb_dump_bounded: usb_dump, unless the USB core is wedged (lsusb can then
+# hang for good, as can a process stuck in usbfs): 20 s at most.
+usb_dump_bounded() {
+	local p i
+	usb_dump >/tmp/usb_dump.out 2>&1 &
+	p=$!
+	for i in $(seq 100); do
+		kill -0 $p 2>/dev/null || break
+		sleep 0.2
+	done
+	cat /tmp/usb_dump.out
+	if kill -0 $p 2>/dev/null; then
+		echo "--- usb_dump hangs (after 20 s; the USB core is wedged?)"
+		echo "--- dmesg | tail -n 40"; dmesg | tail -n 40
+	fi
 }
 trap on_exit EXIT
 SERVER_PID=
@@ -45,8 +62,11 @@ stop_server() {
 }
 
 # start_server [BUSID...]: p2pusb serve in the background, logging to $LOG.
+# SERVE_OPTS: more serve options (the *_busy_poll scenarios).
+SERVE_OPTS=${SERVE_OPTS:-}
 start_server() {
-	$P2PUSB -v serve -p $PORT "$@" 2>"$LOG/serve.log" &
+	# shellcheck disable=SC2086  # options, split on purpose
+	$P2PUSB -v serve -p $PORT $SERVE_OPTS "$@" 2>"$LOG/serve.log" &
 	SERVER_PID=$!
 	wait_for_listen $PORT 10
 }
@@ -835,6 +855,154 @@ fault_unlink_halt() {
 	no_protocol_errors
 }
 
+# gadget_sourcesink NAME: Gadget Zero's SourceSink function: its bulk IN
+# endpoint sends the test pattern (pattern=1: byte i of each packet is
+# i % 63) that usbfs-poke's cancel and pattern modes check; its vendor
+# requests 0x5b and 0x5c write and read back its endpoint 0 buffer.  No
+# kernel driver binds it.  Echoes its busid.
+gadget_sourcesink() {
+	local f=$CONFIGFS/$1/functions/SourceSink.0
+	modprobe -q usb_f_ss_lb 2>/dev/null || true
+	_gadget_create "$1" SourceSink.0 || return 1
+	echo 1 >"$f/pattern"
+	echo 4096 >"$f/bulk_buflen"
+	_gadget_plug "$1"
+}
+
+# bulk_eps BUSID: sets EP_OUT and EP_IN, the bulk endpoints of BUSID:1.0.
+bulk_eps() {
+	local ep
+	EP_OUT=""; EP_IN=""
+	for ep in /sys/bus/usb/devices/"$1":1.0/ep_*; do
+		ep=${ep##*ep_}
+		[ $((0x$ep & 0x80)) -ne 0 ] && EP_IN=$ep || EP_OUT=$ep
+	done
+	[ -n "$EP_IN" ] && [ -n "$EP_OUT" ] || die "$1:1.0 has no bulk endpoints"
+}
+
+# vhci_drops: what vhci_hcd said when it gave up on a connection.
+vhci_drops() {
+	dmesg | grep -E "cannot find a urb|connection closed|stop threads|disconnect device|recv a header|unlink->seqnum [0-9]+ not found" || true
+}
+
+# F5d. Cancel storm: through the kernel's usbip attach, a usbfs program
+# submits a read on the imported SourceSink's bulk IN endpoint and
+# discards it at once, 1,000 times; each comes back (cancelled or with
+# the gadget's pattern).  vhci_hcd now and then puts a CMD_UNLINK on the
+# wire before the CMD_SUBMIT it names (seen on 6.1 and 6.12, a few times
+# in 1,000 cycles); answered RET_UNLINK 0 and then RET_SUBMIT, vhci finds
+# no URB for the RET_SUBMIT ("cannot find a urb of seqnum"), takes the
+# stream for broken and drops the device (and on 6.12 usbfs may then hang
+# in DISCARDURB for good).  Afterwards the device must still be attached,
+# its session alive, and reads must bring one unbroken stretch of the
+# pattern.
+cancel_storm() {
+	local bin vb port poke rc pid dropped
+	bin=$(poke_bin) || die "cannot build usbfs-poke"
+	BUSID=$(gadget_sourcesink z1)
+	start_server "$BUSID"
+	usbip attach -r 127.0.0.1 -b "$BUSID"
+	vb=$(imported_busid z1)
+	port=$(vhci_port_of "$vb")
+	bulk_eps "$vb"
+	poke="$bin $(usbfs_node "$vb") 0 $EP_OUT $EP_IN"
+	$poke pattern 65536 || die "the imported SourceSink does not work to start with"
+	# Watched rather than waited for: once vhci has dropped the device,
+	# 6.12's usbfs can hang in DISCARDURB (usb_kill_urb) for good.
+	$poke cancel 1000 120 >/tmp/poke.out 2>&1 &
+	pid=$!
+	T0=$(ms_now)
+	dropped=
+	while kill -0 $pid 2>/dev/null && [ $(($(ms_now) - T0)) -lt 150000 ]; do
+		if [ -z "$dropped" ] && { vhci_port_free "$port" ||
+			dmesg | grep -q "cannot find a urb"; }; then
+			dropped=$(ms_now)
+		fi
+		[ -z "$dropped" ] || [ $(($(ms_now) - dropped)) -lt 5000 ] || break
+		sleep 0.5
+	done
+	rc=0
+	if kill -0 $pid 2>/dev/null; then
+		rc=124
+		echo "usbfs-poke stuck after $(secs $(($(ms_now) - T0))) s (state $(awk '{ print $3 }' /proc/$pid/stat), in $(cat /proc/$pid/wchan 2>/dev/null))" >>/tmp/poke.out
+		kill -KILL $pid 2>/dev/null || true
+	else
+		wait $pid || rc=$?
+	fi
+	sed 's/^/measured: /' /tmp/poke.out
+	echo "measured: $(unlink_counts)"
+	if [ -n "$dropped" ] || [ $rc -ne 0 ]; then
+		vhci_drops | head -n 8 | sed 's/^/kernel: /'
+		grep "session for $BUSID ended" "$LOG/serve.log" || true
+		die "the cancel storm failed (exit $rc)${dropped:+: vhci dropped the device $(secs $((dropped - T0))) s in}"
+	fi
+	! grep -q "cannot find a urb" /tmp/dmesg.txt ||
+		die "vhci_hcd got a RET_SUBMIT for a URB it had given back"
+	[ -n "$(usb_busids "$(gadget_id z1)" vhci_hcd)" ] && ! vhci_port_free "$port" ||
+		die "the imported device is gone"
+	[ "$(ended_count "$BUSID")" -eq 0 ] || die "the session ended during the storm"
+	$poke pattern 262144 || die "reads after the storm are not the pattern"
+	no_protocol_errors
+	usbip detach -p "$port"
+	wait_gone z1
+}
+
+# ctrl_done FILE: the "done" lines of usbfs-poke ctrlq, by request index:
+# "INDEX status S actual A NAME".
+ctrl_done() { sed -n 's/^done //p' "$1" | sort -n; }
+
+# F5e. Control requests keep their order: 16 asynchronous control requests
+# queued at once on endpoint 0 (usbfs-poke ctrlq: descriptors, statuses,
+# the gadget's vendor write and read-back, one it stalls, and the requests
+# the server runs itself: SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) on
+# the IN endpoint; and CLEAR_FEATURE(ENDPOINT_HALT) on endpoint 0, which
+# goes to the device like any other), first directly on the gadget
+# (dummy_hcd), then imported through usbip attach.  The device completes
+# them in order, so the import must too, each with the direct path's
+# status and length.
+ctrl_order() {
+	local bin vb port rc
+	bin=$(poke_bin) || die "cannot build usbfs-poke"
+	BUSID=$(gadget_sourcesink z1)
+	bulk_eps "$BUSID"
+	$bin "$(usbfs_node "$BUSID")" 0 $EP_OUT $EP_IN ctrlq >/tmp/direct.out ||
+		{ cat /tmp/direct.out; die "ctrlq failed directly on the gadget"; }
+	sed 's/^/direct: /' /tmp/direct.out
+	grep -q "(submission order)" /tmp/direct.out ||
+		die "the gadget itself completed them out of order: the test is wrong"
+	! grep -q "differs" /tmp/direct.out || die "the gadget's read-back differs, directly"
+	ctrl_done /tmp/direct.out | grep -q "status -32 .*stalls" ||
+		die "the request meant to stall did not stall, directly"
+	start_server "$BUSID"
+	usbip attach -r 127.0.0.1 -b "$BUSID"
+	vb=$(imported_busid z1)
+	port=$(vhci_port_of "$vb")
+	bulk_eps "$vb"
+	rc=0
+	timeout 60 $bin "$(usbfs_node "$vb")" 0 $EP_OUT $EP_IN ctrlq \
+		>/tmp/import.out 2>&1 || rc=$?
+	sed 's/^/import: /' /tmp/import.out
+	grep "ran request" "$LOG/serve.log" | sed 's/^/server: /' || true
+	[ $rc -eq 0 ] || die "ctrlq failed through the import (exit $rc)"
+	ctrl_done /tmp/direct.out >/tmp/direct.done
+	ctrl_done /tmp/import.out >/tmp/import.done
+	local diffs
+	diffs=$(diff /tmp/direct.done /tmp/import.done | grep -c '^>' || true)
+	echo "measured: import completion $(grep '^order:' /tmp/import.out); $diffs of 16 requests ended differently from the direct path"
+	diff /tmp/direct.done /tmp/import.done | sed -n 's/^</  direct:/p; s/^>/  import:/p'
+	local bad=""
+	grep -q "(submission order)" /tmp/import.out || bad="completions out of submission order"
+	[ "$diffs" -eq 0 ] || bad="${bad:+$bad; }$diffs statuses or lengths differ from the direct path"
+	! grep -q "differs" /tmp/import.out || bad="${bad:+$bad; }a vendor read-back differs"
+	[ -z "$bad" ] || die "$bad"
+	$bin "$(usbfs_node "$vb")" 0 $EP_OUT $EP_IN pattern 65536 ||
+		die "the bulk IN endpoint does not work after the control requests"
+	[ "$(ended_count "$BUSID")" -eq 0 ] || die "the session ended"
+	no_protocol_errors
+	usbip detach -p "$port"
+	wait_gone z1
+}
+
 # F6. The server under valgrind across import, a 4 MiB copy, detach, and
 # an import whose client vanishes mid-copy (ss -K): no error, no leak.
 fault_valgrind() {
@@ -971,6 +1139,54 @@ flood() {
 	$P2PUSB detach "$port"
 	wait_gone g2
 	given_back "$flooded" usb-storage 20 || die "flooded device not given back"
+}
+
+# 14. systemd's socket activation, the README's p2pusb.socket with
+# Accept=yes: one `p2pusb serve --stdio BUSID` per connection, its stdin
+# and stdout the accepted socket; the kernel's usbip attach as the client.
+socket_activation() {
+	local vb disk sa
+	storage_gadget g1
+	systemd-socket-activate --inetd -l 127.0.0.1:$PORT \
+		$P2PUSB -v serve --stdio "$BUSID" 2>"$LOG/serve.log" &
+	sa=$!
+	wait_for_listen $PORT 10
+	usbip attach -r 127.0.0.1 -b "$BUSID"
+	vb=$(imported_busid g1)
+	disk=$(wait_for_disk "$vb" 30)
+	disk_check "$disk" "$IMAGE"
+	usbip detach -p "$(vhci_port_of "$vb")"
+	wait_gone g1
+	given_back "$BUSID" usb-storage 10 ||
+		die "device not given back after the socket-activated session"
+	grep -q "stdio: imported $BUSID" "$LOG/serve.log" ||
+		die "no import in the per-connection server's log"
+	kill "$sa"
+	wait "$sa" || true
+}
+
+# --busy-poll changes only when the server sleeps: the same data checks.
+kernel_client_busy_poll() {
+	SERVE_OPTS="--busy-poll 200"
+	kernel_client
+	grep -q "imported" "$LOG/serve.log" || die "no import logged"
+}
+
+# ... and in the --via relay, both directions, with the server's too.
+via_pipe_busy_poll() {
+	local port disk
+	storage_gadget g1
+	$P2PUSB attach --busy-poll 200 \
+		--via "exec $P2PUSB serve --busy-poll 200 --stdio $BUSID" \
+		"$BUSID" >/tmp/port 2>"$LOG/relay.log" &
+	local relay=$!
+	port=$(wait_port /tmp/port)
+	disk=$(imported_disk g1)
+	disk_check "$disk" "$IMAGE"
+	$P2PUSB detach "$port"
+	wait_gone g1
+	timeout 20 tail --pid=$relay -f /dev/null || die "relay did not end"
+	wait $relay || die "relay exited with an error"
 }
 
 scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}
