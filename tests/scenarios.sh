@@ -1147,7 +1147,7 @@ flood() {
 socket_activation() {
 	local vb disk sa
 	storage_gadget g1
-	systemd-socket-activate --inetd -l 127.0.0.1:$PORT \
+	systemd-socket-activate --inetd --accept -l 127.0.0.1:$PORT \
 		$P2PUSB -v serve --stdio "$BUSID" 2>"$LOG/serve.log" &
 	sa=$!
 	wait_for_listen $PORT 10
