@@ -15,13 +15,31 @@
  *      RET_UNLINK.
  *
  * vhci_hcd speaks only phase 2.  The attach side does phase 1 itself and
- * then hands the connected socket to the kernel through sysfs.
+ * then hands the connected socket to the kernel through sysfs.  The
+ * messages are laid out in p2pusb.h; the kernel documents them in
+ * Documentation/usb/usbip_protocol.rst, and its drivers/usb/usbip and
+ * tools/usb/usbip are the other ends this file talks to.
  *
- * This file reads top to bottom in the order data flows: wire encoding, the
- * socket layer, local USB devices, the handshake, the server's event loop
- * and URB path, the client's attach path, the command line.
+ * Where to start reading: "the server, as one URB lives it" follows a
+ * client from accept_client() through the handshake (answer_import()),
+ * one CMD_SUBMIT (on_header(), on_cmd_submit(), submit_urb()), its
+ * completion (on_transfer_done()) and its reply (queue_ret_submit(),
+ * write_output()); serve() is the one poll() loop that drives it all.
+ * The client is attach_once().  Sections, in order:
+ *
+ *   the wire format      one encoder and one decoder per message
+ *   sockets              listen, dial, bounded reads for the client
+ *   local USB devices    found in sysfs, as the kernel's usbipd finds them
+ *   the server           its state, then one URB's life, then its loop
+ *   the client           handshake, vhci_hcd, attach / port / detach
+ *   the command line     main()
+ *   extras               -vv trace, --allow, dialing either way, --stdio
+ *                        and --via, --persist, making it fast: each hooks
+ *                        into the core through one named function, and a
+ *                        first reading can skip them all
  */
 #define _GNU_SOURCE
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <err.h>
@@ -59,7 +77,7 @@ static int verbose;
 #define debug(level, ...) \
 	do { if (verbose >= (level)) warnx(__VA_ARGS__); } while (0)
 
-/* ---- wire encoding: explicit big-endian, field by field ------------- */
+/* ==== the wire format: explicit big-endian, field by field =============== */
 
 static void put16(uint8_t *p, uint16_t v)
 {
@@ -267,150 +285,7 @@ static void unpack_iso_desc(const uint8_t *p,
 	d->status = get32(AT(p, usbip_iso_packet_descriptor, status));
 }
 
-/* ---- the URB trace (-vv): the stream decoded for people ------------- */
-
-static const char *status_name(int32_t status)
-{
-	static const struct {
-		int err;
-		const char *name;
-	} names[] = {
-		{ 0, "ok" },
-		{ EPIPE, "EPIPE (stall)" },
-		{ ECONNRESET, "ECONNRESET (unlinked)" },
-		{ ENOENT, "ENOENT" },
-		{ ESHUTDOWN, "ESHUTDOWN (device gone)" },
-		{ ENODEV, "ENODEV" },
-		{ ETIMEDOUT, "ETIMEDOUT" },
-		{ EOVERFLOW, "EOVERFLOW (babble)" },
-		{ EPROTO, "EPROTO" },
-		{ EREMOTEIO, "EREMOTEIO (short)" },
-		{ EINVAL, "EINVAL" },
-		{ EBUSY, "EBUSY" },
-		{ ENOMEM, "ENOMEM" },
-		{ EXDEV, "EXDEV (iso partial)" },
-	};
-	static char other[24];
-	size_t i;
-
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (names[i].err == -status)
-			return names[i].name;
-	snprintf(other, sizeof(other), "errno %d", -status);
-	return other;
-}
-
-static const char *transfer_type_name(int type)
-{
-	switch (type) {
-	case LIBUSB_TRANSFER_TYPE_CONTROL:
-		return "control";
-	case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
-		return "iso";
-	case LIBUSB_TRANSFER_TYPE_BULK:
-		return "bulk";
-	case LIBUSB_TRANSFER_TYPE_INTERRUPT:
-		return "interrupt";
-	default:
-		return "";
-	}
-}
-
-/* Standard requests by name; class and vendor requests shown raw. */
-static void describe_setup(const uint8_t *s, char *buf, size_t len)
-{
-	static const char *requests[] = {
-		"GET_STATUS", "CLEAR_FEATURE", "?", "SET_FEATURE", "?",
-		"SET_ADDRESS", "GET_DESCRIPTOR", "SET_DESCRIPTOR",
-		"GET_CONFIGURATION", "SET_CONFIGURATION", "GET_INTERFACE",
-		"SET_INTERFACE", "SYNCH_FRAME",
-	};
-	static const char *descriptors[] = {
-		"?", "DEVICE", "CONFIGURATION", "STRING", "INTERFACE",
-		"ENDPOINT", "DEVICE_QUALIFIER", "OTHER_SPEED_CONFIGURATION",
-	};
-	uint8_t type = s[0], req = s[1];
-	unsigned value = (unsigned)(s[2] | s[3] << 8);
-	unsigned index = (unsigned)(s[4] | s[5] << 8);
-	unsigned length = (unsigned)(s[6] | s[7] << 8);
-
-	if ((type & 0x60) != 0 || req >= sizeof(requests) / sizeof(*requests)) {
-		snprintf(buf, len, "%s request %02x %02x %04x %04x len %u",
-			 (type & 0x60) == 0x20 ? "class" :
-			 (type & 0x60) == 0x40 ? "vendor" : "other", type, req,
-			 value, index, length);
-	} else if (req == LIBUSB_REQUEST_GET_DESCRIPTOR) {
-		unsigned dt = value >> 8;
-
-		if (dt == LIBUSB_DT_STRING)
-			snprintf(buf, len, "GET_DESCRIPTOR(STRING %u) len %u",
-				 value & 0xff, length);
-		else if (dt < sizeof(descriptors) / sizeof(*descriptors))
-			snprintf(buf, len, "GET_DESCRIPTOR(%s) len %u",
-				 descriptors[dt], length);
-		else
-			snprintf(buf, len, "GET_DESCRIPTOR(0x%02x) len %u", dt,
-				 length);
-	} else if (req == LIBUSB_REQUEST_SET_INTERFACE) {
-		snprintf(buf, len, "SET_INTERFACE %u alt %u", index, value);
-	} else if (req == LIBUSB_REQUEST_SET_CONFIGURATION) {
-		snprintf(buf, len, "SET_CONFIGURATION %u", value);
-	} else if ((req == LIBUSB_REQUEST_CLEAR_FEATURE ||
-		    req == LIBUSB_REQUEST_SET_FEATURE) &&
-		   (type & 0x1f) == LIBUSB_RECIPIENT_ENDPOINT && value == 0) {
-		snprintf(buf, len, "%s(ENDPOINT_HALT) ep %02x", requests[req],
-			 index);
-	} else {
-		snprintf(buf, len, "%s %04x %04x len %u", requests[req], value,
-			 index, length);
-	}
-}
-
-/* TYPE is the endpoint's transfer type where the caller knows it, or -1. */
-static void trace_header(const char *who, const struct usbip_header *h,
-			 int type)
-{
-	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
-	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
-	char what[96] = "";
-
-	if (verbose < 2)
-		return;
-	switch (h->base.command) {
-	case USBIP_CMD_SUBMIT:
-		if (h->base.ep == 0)
-			describe_setup(cmd->setup, what, sizeof(what));
-		else
-			snprintf(what, sizeof(what), "%s%slen %d",
-				 transfer_type_name(type),
-				 *transfer_type_name(type) ? " " : "",
-				 cmd->transfer_buffer_length);
-		if (cmd->number_of_packets > 0)
-			snprintf(what + strlen(what), sizeof(what) - strlen(what),
-				 " in %d packets", cmd->number_of_packets);
-		warnx("%s: seq %u > CMD_SUBMIT ep %u %s %s%s", who,
-		      h->base.seqnum, h->base.ep,
-		      h->base.direction == USBIP_DIR_IN ? "in" : "out",
-		      h->base.ep == 0 ? "control " : "", what);
-		break;
-	case USBIP_RET_SUBMIT:
-		warnx("%s: seq %u < RET_SUBMIT %s actual %d%s", who,
-		      h->base.seqnum, status_name(ret->status),
-		      ret->actual_length,
-		      ret->error_count > 0 ? " (iso errors)" : "");
-		break;
-	case USBIP_CMD_UNLINK:
-		warnx("%s: seq %u > CMD_UNLINK seq %u", who, h->base.seqnum,
-		      h->u.cmd_unlink.seqnum);
-		break;
-	case USBIP_RET_UNLINK:
-		warnx("%s: seq %u < RET_UNLINK %s", who, h->base.seqnum,
-		      status_name(h->u.ret_unlink.status));
-		break;
-	}
-}
-
-/* ---- the socket layer ----------------------------------------------- */
+/* ==== sockets ============================================================ */
 
 #define IO_TIMEOUT_MS	10000	/* handshake replies; never on vhci's socket */
 #define VIA_TIMEOUT_MS	120000	/* --via: ssh may ask for a password first */
@@ -683,59 +558,7 @@ static void write_all(int fd, const void *buf, size_t len, const char *peer)
 		err(1, "%s: write", peer);
 }
 
-/* -- --busy-poll USEC: spin a while before sleeping (serve, the relay) -- */
-
-/*
- * A round trip through a user-space server wakes it twice, and in a VM a
- * wakeup can cost more than the transfer.  With --busy-poll, a loop that
- * just had an event keeps polling without sleeping for up to USEC
- * microseconds, so the next event of a busy device finds it awake; then
- * it blocks as before, and an idle server costs nothing.  Each empty
- * round yields the CPU: on a machine with few CPUs the spinning must not
- * keep the work it waits for (vhci_hcd's threads, the device's) from
- * running.
- */
-struct busy_poll {
-	long usec;			/* the window; 0: off */
-	long long until_us;		/* open until then */
-};
-
-static long long now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
-}
-
-/* The poll timeout to use: 0 while the window is open, else WAIT_MS. */
-static int busy_poll_wait(const struct busy_poll *b, int wait_ms)
-{
-	return b->usec && now_us() < b->until_us ? 0 : wait_ms;
-}
-
-/* After poll() returned READY: an event reopens the window. */
-static void busy_poll_after(struct busy_poll *b, int ready, int waited_ms)
-{
-	if (!b->usec)
-		return;
-	if (ready > 0)
-		b->until_us = now_us() + b->usec;
-	else if (ready == 0 && waited_ms == 0)
-		sched_yield();
-}
-
-static long parse_busy_poll(const char *arg)
-{
-	char *end;
-	long usec = strtol(arg, &end, 10);
-
-	if (*arg == '\0' || *end != '\0' || usec < 1 || usec > 1000000)
-		errx(1, "--busy-poll: %s is not 1..1000000 microseconds", arg);
-	return usec;
-}
-
-/* ---- local USB devices --------------------------------------------- */
+/* ==== local USB devices ================================================== */
 
 /*
  * Devices are found the way the kernel's usbipd finds them: in sysfs, where
@@ -747,7 +570,9 @@ static long parse_busy_poll(const char *arg)
 #define MAX_INTERFACES	32
 
 static const char *sysfs_usb = "/sys/bus/usb/devices";
+
 static const char *usbfs_dir = "/dev/bus/usb";
+
 static libusb_context *usb;	/* NULL where libusb could not start */
 
 static const char *speed_name(uint32_t speed)
@@ -874,6 +699,7 @@ static int describe_device(const char *busid, struct usbip_usb_device *rec,
 
 /* The devices `serve` was told to share; with none named, all but hubs. */
 static char **offered;
+
 static int noffered;
 
 static int is_offered(const struct usbip_usb_device *rec)
@@ -919,122 +745,7 @@ static int for_each_device(device_fn *fn, void *arg, int only_offered)
 	return rc;
 }
 
-/* ---- the handshake --------------------------------------------------- */
-
-/* The server's half lives with the event loop below (it needs the loop's
- * connections); this is the client's half: blocking and one-shot. */
-
-static const char *op_status_name(uint32_t status)
-{
-	static const char *names[] = {
-		[ST_OK] = "ok",
-		[ST_NA] = "not available",
-		[ST_DEV_BUSY] = "device busy (imported by someone else)",
-		[ST_DEV_ERR] = "device error on the server",
-		[ST_NODEV] = "no such device",
-		[ST_ERROR] = "server error",
-	};
-
-	return status < sizeof(names) / sizeof(names[0]) ? names[status]
-							  : "unknown status";
-}
-
-static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
-			   struct op_common *op)
-{
-	unpack_op_common(p, op);
-	if (op->version != USBIP_VERSION)
-		errx(1, "%s: speaks USB/IP version %x.%02x, not 1.11", peer,
-		     op->version >> 8, op->version & 0xff);
-	if (op->code != code)
-		errx(1, "%s: answered with op code 0x%04x, expected 0x%04x",
-		     peer, op->code, code);
-}
-
-/* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
- * the socket for vhci_hcd to misread as a RET_SUBMIT. */
-static void request_import(int rfd, int wfd, const char *busid,
-			   const char *peer, struct usbip_usb_device *rec)
-{
-	uint8_t req[OP_REQ_IMPORT_SIZE], rep[OP_REP_IMPORT_SIZE];
-	char text[ESCAPED(SYSFS_BUS_ID_SIZE)];
-	struct op_common op;
-
-	pack_import_request(req, busid);
-	write_all(wfd, req, sizeof(req), peer);
-	read_exact(rfd, rep, OP_COMMON_SIZE, peer);
-	check_op_reply(rep, OP_REP_IMPORT, peer, &op);
-	if (op.status == ST_NODEV)
-		errx(1, "busid %s not offered by %s", busid, peer);
-	if (op.status != ST_OK)
-		errx(1, "%s refused busid %s: %s", peer, busid,
-		     op_status_name(op.status));
-	read_exact(rfd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer);
-	unpack_device(rep + OP_COMMON_SIZE, rec);
-	if (strncmp(rec->busid, busid, SYSFS_BUS_ID_SIZE) != 0)
-		errx(1, "%s answered for busid %s, not %s", peer,
-		     printable(rec->busid, sizeof(rec->busid), text), busid);
-	/* vhci_hcd refuses a speed it does not know, with EINVAL alone. */
-	if (rec->speed < USB_SPEED_LOW || rec->speed > USB_SPEED_SUPER_PLUS)
-		errx(1, "%s reported an unknown speed %u for busid %s", peer,
-		     rec->speed, busid);
-}
-
-static void print_device_line(const struct usbip_usb_device *d,
-			      const struct usbip_usb_interface *ifs, int nifs,
-			      const char *product)
-{
-	uint8_t cls = d->bDeviceClass, sub = d->bDeviceSubClass,
-		proto = d->bDeviceProtocol;
-	char busid[ESCAPED(SYSFS_BUS_ID_SIZE)], name[ESCAPED(128)];
-
-	/* Class 0 means "see the interfaces": show the first one's. */
-	if (cls == 0 && nifs > 0) {
-		cls = ifs[0].bInterfaceClass;
-		sub = ifs[0].bInterfaceSubClass;
-		proto = ifs[0].bInterfaceProtocol;
-	}
-	printf("%-12s %04x:%04x  %-7s %02x/%02x/%02x  %s\n",
-	       printable(d->busid, sizeof(d->busid), busid), d->idVendor,
-	       d->idProduct, speed_name(d->speed), cls, sub, proto,
-	       printable(product, 128, name));
-}
-
-static void request_devlist(int fd, const char *peer)
-{
-	uint8_t buf[USBIP_DEVICE_SIZE];
-	struct op_common op;
-	uint32_t ndev, i;
-
-	pack_op_common(buf, OP_REQ_DEVLIST, ST_OK);
-	write_all(fd, buf, OP_COMMON_SIZE, peer);
-	/* A refusal is op_common alone: the count follows only an OK. */
-	read_exact(fd, buf, OP_COMMON_SIZE, peer);
-	check_op_reply(buf, OP_REP_DEVLIST, peer, &op);
-	if (op.status != ST_OK)
-		errx(1, "%s refused the device list: %s", peer,
-		     op_status_name(op.status));
-	read_exact(fd, buf, 4, peer);
-	ndev = get32(buf);
-	for (i = 0; i < ndev; i++) {
-		struct usbip_usb_device d;
-		struct usbip_usb_interface ifs[256];
-		uint8_t raw[USBIP_INTERFACE_SIZE];
-		int j;
-
-		read_exact(fd, buf, USBIP_DEVICE_SIZE, peer);
-		unpack_device(buf, &d);
-		for (j = 0; j < d.bNumInterfaces; j++) {
-			read_exact(fd, raw, sizeof(raw), peer);
-			unpack_interface(raw, &ifs[j]);
-		}
-		print_device_line(&d, ifs, d.bNumInterfaces, "");
-	}
-	if (ndev == 0)
-		printf("%s offers no devices\n", peer);
-}
-
-/* ---- the server: connections, URBs and one poll() loop --------------- */
+/* ==== the server: its state ============================================== */
 
 /*
  * Bounds on what one client can make the server hold.  Past a limit the
@@ -1147,7 +858,9 @@ struct conn {
 };
 
 static struct conn *conns;
+
 static volatile sig_atomic_t stop_requested;
+
 static int max_length = URB_LENGTH_MAX;
 
 static long long now_ms(void)
@@ -1158,471 +871,183 @@ static long long now_ms(void)
 	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
-/* What to read next.  RX_NONE is final: a session that ends stays ended. */
-static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len)
-{
-	if (c->rx == RX_NONE)
-		return;
-	c->rx = rx;
-	c->rxdst = dst;
-	c->rxneed = len;
-	c->rxhave = 0;
-}
-
-static void queue_msg(struct conn *c, struct msg *m)
-{
-	int i;
-
-	m->next = NULL;
-	*c->outtail = m;
-	c->outtail = &m->next;
-	c->noutq++;
-	for (i = 0; i < m->iovcnt; i++)
-		c->outbytes += m->iov[i].iov_len;
-}
-
-static void end_after_replies(struct conn *c, const char *why);
-
 /*
- * A standalone message owning a copy of its bytes.  Out of memory, the
- * session ends (once what is queued is out) and the others go on.
+ * The story is told in the order a URB lives it, callers before the
+ * functions they call; these declarations let C read it that way.
  */
-static void queue_bytes(struct conn *c, const void *data, size_t len)
-{
-	struct msg *m = malloc(sizeof(*m) + len);
+struct server;
+struct busy_poll;
+struct link;
+struct attach_opts;
 
-	if (!m) {
-		end_after_replies(c, "out of memory");
-		return;
-	}
-	memcpy(m + 1, data, len);
-	m->urb = NULL;
-	m->iov[0].iov_base = m + 1;
-	m->iov[0].iov_len = len;
-	m->iovcnt = 1;
-	queue_msg(c, m);
-}
-
-static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
-{
-	uint8_t head[USBIP_HEADER_SIZE];
-
-	pack_ret_unlink(head, seqnum, status);
-	queue_bytes(c, head, sizeof(head));
-	if (verbose >= 2) {
-		struct usbip_header h = {
-			.base = { .command = USBIP_RET_UNLINK, .seqnum = seqnum },
-			.u.ret_unlink = { .status = status },
-		};
-
-		trace_header(c->peer, &h, -1);
-	}
-}
-
-static int urb_packets(const struct urb *u)
-{
-	return u->cmd.u.cmd_submit.number_of_packets;
-}
-
-/*
- * Buffers of a page or more are usbfs's own memory, mapped from the device
- * node: the kernel then moves the data straight between the device and the
- * buffer we read() OUT payloads into and writev() IN replies from, instead
- * of copying it in and out of a buffer of its own.
- *
- * Three limits keep that a gain.  Only where DMA is cache-coherent (x86):
- * elsewhere usbfs may map the memory uncached, and every reply read from
- * it would cost more than the copy saved.  A connection maps at most
- * URB_SPARES buffers and keeps them until it ends (see put_urb()): a
- * mapping is slow to make.  And usbfs charges mappings to its system-wide
- * budget (usbfs_memory_mb, 16 MiB by default), the one that also pays for
- * every malloc'd buffer in flight: MAPPED_LIMIT leaves most of it to those
- * and to other programs.  Past any limit, or where the kernel cannot map
- * usbfs, buffers come from malloc().
- */
-static size_t mapped_bytes;
-
-static void alloc_buf(struct urb *u, size_t len)
-{
-	struct conn *c = u->conn;
-	size_t page = (size_t)sysconf(_SC_PAGESIZE);
-	size_t mapped = (len + page - 1) / page * page;
-
-	u->buf = NULL;
-	u->mapped = 0;
-	if (MAP_USBFS && c->handle && len >= page &&
-	    c->nmapped < URB_SPARES && mapped_bytes + mapped <= MAPPED_LIMIT &&
-	    (u->buf = libusb_dev_mem_alloc(c->handle, mapped)) != NULL) {
-		u->mapped = 1;
-		u->bufsize = mapped;
-		mapped_bytes += mapped;
-		c->nmapped++;
-		return;
-	}
-	u->buf = malloc(len);
-	u->bufsize = len;
-}
-
-static void free_buf(struct urb *u)
-{
-	if (u->mapped) {
-		libusb_dev_mem_free(u->conn->handle, u->buf, u->bufsize);
-		mapped_bytes -= u->bufsize;
-		u->conn->nmapped--;
-	} else {
-		free(u->buf);
-	}
-	u->buf = NULL;
-	u->bufsize = 0;
-	u->mapped = 0;
-}
-
-/* Only while the device is open: a mapped buffer is freed through it. */
-static void destroy_urb(struct urb *u)
-{
-	libusb_free_transfer(u->xfer);
-	free_buf(u);
-	free(u->iso);
-	free(u);
-}
-
-/*
- * A finished URB: kept as a spare while its connection lives.  A mapped
- * one always stays, in place of an unmapped spare if need be: with at most
- * URB_SPARES mapped per connection, there is always one to give way.
- */
-static void put_urb(struct urb *u)
-{
-	struct conn *c = u->conn;
-	int i;
-
-	if (c->fd < 0 || (!u->mapped && u->bufsize > SPARE_BYTES)) {
-		destroy_urb(u);
-		return;
-	}
-	if (c->nspare < URB_SPARES) {
-		c->spare[c->nspare++] = u;
-		return;
-	}
-	for (i = 0; u->mapped && i < c->nspare; i++) {
-		if (!c->spare[i]->mapped) {
-			destroy_urb(c->spare[i]);
-			c->spare[i] = u;
-			return;
-		}
-	}
-	destroy_urb(u);
-}
-
-/*
- * A URB with room for LEN buffer bytes and NP iso packets, or NULL when
- * memory is short.  The spare that fits best is reused (or, failing that,
- * grown), so a connection in its steady state allocates nothing per URB.
- */
-static struct urb *get_urb(struct conn *c, size_t len, int np)
-{
-	struct urb *u;
-	int i, best = -1;
-
-	for (i = 0; i < c->nspare; i++)
-		if (c->spare[i]->bufsize >= len &&
-		    c->spare[i]->max_packets >= np &&
-		    (best < 0 || c->spare[i]->bufsize <
-				 c->spare[best]->bufsize))
-			best = i;
-	if (best < 0)
-		best = c->nspare - 1;
-	if (best >= 0) {
-		u = c->spare[best];
-		c->spare[best] = c->spare[--c->nspare];
-		u->unlinked = 0;
-	} else if ((u = calloc(1, sizeof(*u))) != NULL) {
-		u->conn = c;
-	} else {
-		return NULL;
-	}
-	if (u->bufsize < len) {
-		free_buf(u);
-		alloc_buf(u, len);
-	}
-	if (!u->xfer || u->max_packets < np) {
-		libusb_free_transfer(u->xfer);
-		u->xfer = libusb_alloc_transfer(np);
-		free(u->iso);
-		u->iso = malloc((size_t)np * USBIP_ISO_DESC_SIZE + 1);
-		u->max_packets = np;
-	}
-	if (!u->buf || !u->xfer || !u->iso) {
-		destroy_urb(u);
-		return NULL;
-	}
-	return u;
-}
-
-static void drop_spares(struct conn *c)
-{
-	while (c->nspare > 0)
-		destroy_urb(c->spare[--c->nspare]);
-}
-
-static void free_msg(struct msg *m)
-{
-	if (m->urb)
-		put_urb(m->urb);
-	else
-		free(m);
-}
-
-/* Stops reading; the connection closes once its replies are written. */
-static void end_after_replies(struct conn *c, const char *why)
-{
-	if (!c->end_reason)
-		c->end_reason = why;
-	c->rx = RX_NONE;
-}
-
-static struct urb *unhold_control(struct conn *c, uint32_t seqnum);
-
-/*
- * Closing the socket is what tells vhci_hcd the device is gone.  Transfers
- * still in libusb are cancelled here; the connection is freed by
- * reap_conns() once the last of them has called back.
- */
-static void close_conn(struct conn *c, const char *why)
-{
-	struct urb *u;
-
-	if (c->fd < 0)
-		return;
-	if (!c->end_reason)
-		c->end_reason = why;
-	if (c->handle || verbose)
-		warnx("%s: session%s%s ended: %s", c->peer,
-		      c->handle ? " for " : "", c->handle ? c->busid : "",
-		      c->end_reason ? c->end_reason : "done");
-	close(c->fd);
-	if (c->wfd != c->fd)
-		close(c->wfd);
-	c->fd = c->wfd = -1;
-	c->rx = RX_NONE;
-	while (c->outq) {
-		struct msg *m = c->outq;
-
-		c->outq = m->next;
-		free_msg(m);
-	}
-	c->outtail = &c->outq;
-	c->outbytes = c->noutq = 0;
-	if (c->rxurb) {
-		put_urb(c->rxurb);
-		c->rxurb = NULL;
-	}
-	while (c->ep0_held)
-		put_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
-	for (u = c->inflight; u; u = u->next)
-		libusb_cancel_transfer(u->xfer);
-}
-
-/* A protocol violation: one line naming the peer, and the session ends. */
-static void protocol_error(struct conn *c, const char *fmt, ...)
-{
-	static char why[160];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	if (!c->handle)		/* close_conn() logs only sessions */
-		warnx("%s: %s", c->peer, why);
-	c->end_reason = why;	/* the violation, whatever came before */
-	close_conn(c, NULL);
-}
-
-/* -- the imported device: claim, learn endpoints, give back -- */
-
-static void learn_endpoints(struct conn *c)
-{
-	libusb_device *dev = libusb_get_device(c->handle);
-	struct libusb_config_descriptor *cfg;
-	int i, a, e;
-
-	memset(c->eptype, EP_NONE, sizeof(c->eptype));
-	if (libusb_get_active_config_descriptor(dev, &cfg) != 0)
-		return;
-	for (i = 0; i < cfg->bNumInterfaces; i++) {
-		const struct libusb_interface *intf = &cfg->interface[i];
-
-		for (a = 0; a < intf->num_altsetting; a++) {
-			const struct libusb_interface_descriptor *alt =
-			    &intf->altsetting[a];
-
-			if (alt->bInterfaceNumber >= MAX_INTERFACES ||
-			    alt->bAlternateSetting !=
-			    c->altsetting[alt->bInterfaceNumber])
-				continue;
-			for (e = 0; e < alt->bNumEndpoints; e++) {
-				uint8_t addr = alt->endpoint[e].bEndpointAddress;
-
-				c->eptype[addr & 0x80 ? USBIP_DIR_IN :
-					  USBIP_DIR_OUT][addr & 0x0f] =
-				    alt->endpoint[e].bmAttributes & 0x03;
-			}
-		}
-	}
-	libusb_free_config_descriptor(cfg);
-}
-
-/* Calls fn(handle, bInterfaceNumber) for each interface of the active
- * configuration. */
-static int for_each_interface(libusb_device_handle *h,
-			      int (*fn)(libusb_device_handle *, int))
-{
-	struct libusb_config_descriptor *cfg;
-	int i, rc = 0;
-
-	if (libusb_get_active_config_descriptor(libusb_get_device(h), &cfg))
-		return 0;
-	for (i = 0; i < cfg->bNumInterfaces && rc == 0; i++)
-		rc = fn(h, cfg->interface[i].altsetting[0].bInterfaceNumber);
-	libusb_free_config_descriptor(cfg);
-	return rc;
-}
-
-static int take_interface(libusb_device_handle *h, int i)
-{
-	if (libusb_kernel_driver_active(h, i) == 1)
-		libusb_detach_kernel_driver(h, i);
-	return libusb_claim_interface(h, i);
-}
-
-static int release_interface(libusb_device_handle *h, int i)
-{
-	libusb_release_interface(h, i);
-	return 0;
-}
-
-static int rebind_driver(libusb_device_handle *h, int i)
-{
-	libusb_attach_kernel_driver(h, i);
-	return 0;
-}
-
-/*
- * Rebinding whatever kernel driver matches is what "give back" means.
- * Every interface is released first: a driver such as cdc_acm claims its
- * sibling interfaces when it probes, so none may still be ours then.
- */
-static void give_back_interfaces(libusb_device_handle *h)
-{
-	for_each_interface(h, release_interface);
-	for_each_interface(h, rebind_driver);
-}
-
-static void close_device(struct conn *c)
-{
-	libusb_close(c->handle);
-	c->handle = NULL;
-	close(c->usbfs);
-	c->usbfs = -1;
-}
-
-/* usbfs's node for the device, handed to libusb as an open descriptor. */
-static int open_device(struct conn *c, const struct usbip_usb_device *rec)
-{
-	char path[PATH_MAX];
-	int rc;
-
-	if (!usb)
-		return ST_DEV_ERR;
-	snprintf(path, sizeof(path), "%s/%03u/%03u", usbfs_dir, rec->busnum,
-		 rec->devnum);
-	c->usbfs = open(path, O_RDWR | O_CLOEXEC);
-	if (c->usbfs < 0) {
-		rc = errno;
-		warn("%s: cannot open %s (%s)", c->peer, c->busid, path);
-		return rc == EACCES || rc == EPERM ? ST_NA : ST_DEV_ERR;
-	}
-	rc = libusb_wrap_sys_device(usb, (intptr_t)c->usbfs, &c->handle);
-	if (rc != 0) {
-		warnx("%s: cannot open %s: %s", c->peer, c->busid,
-		      libusb_strerror(rc));
-		close(c->usbfs);
-		c->handle = NULL;
-		return ST_DEV_ERR;
-	}
-	rc = for_each_interface(c->handle, take_interface);
-	if (rc != 0) {
-		warnx("%s: cannot claim %s: %s", c->peer, c->busid,
-		      libusb_strerror(rc));
-		give_back_interfaces(c->handle);
-		close_device(c);
-		return ST_DEV_BUSY;
-	}
-	return ST_OK;
-}
-
-/*
- * Opens and claims the device REC names, and resets it: a server killed
- * mid-session leaves a device mid-command, and the client's port reset
- * never reaches it (vhci_hcd emulates its own ports), so every session
- * starts from a reset device.  A reset after which the kernel enumerates
- * the device anew (its descriptors changed) leaves the handle stale:
- * libusb says NOT_FOUND, and the device is looked up by its busid and
- * opened once more.  Returns an ST_* status, and REC as opened.
- */
+static void add_conn(int rfd, int wfd, const char *peer);
+static int count_conns(void);
+static void answer_devlist(struct conn *c);
+static int busid_in_use(const char *busid);
 static int import_device(struct conn *c, struct usbip_usb_device *rec,
-			 struct usbip_usb_interface *ifs)
-{
-	int tries = 0, status, rc;
+			 struct usbip_usb_interface *ifs);
+static int open_device(struct conn *c, const struct usbip_usb_device *rec);
+static void learn_endpoints(struct conn *c);
+static int for_each_interface(libusb_device_handle *h,
+			      int (*fn)(libusb_device_handle *, int));
+static int take_interface(libusb_device_handle *h, int i);
+static void give_back_interfaces(libusb_device_handle *h);
+static void close_device(struct conn *c);
+static void read_input(struct conn *c);
+static int wants_input(const struct conn *c);
+static ssize_t fill_input(struct conn *c);
+static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len);
+static void on_input(struct conn *c);
+static void on_header(struct conn *c);
+static void on_cmd_submit(struct conn *c, const struct usbip_header *h);
+static void start_urb(struct urb *u);
+static void hold_control(struct conn *c, struct urb *u);
+static void submit_urb(struct urb *u);
+static int32_t load_iso(struct urb *u);
+static int run_intercepted(struct urb *u);
+static int set_configuration(struct conn *c, int value);
+static int set_interface(struct conn *c, int intf, int alt);
+static void on_cmd_unlink(struct conn *c, const struct usbip_header *h);
+static int is_early_unlink(const struct conn *c, uint32_t victim);
+static void hold_unlink(struct conn *c, uint32_t victim, uint32_t seqnum);
+static void match_early_unlinks(struct conn *c, struct urb *u);
+static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x);
+static void answer_transfer(struct urb *u);
+static void inflight_remove(struct conn *c, struct urb *u);
+static int32_t finish_iso(struct urb *u, int32_t *error_count);
+static int32_t urb_status(enum libusb_transfer_status s);
+static int32_t submit_errno(int rc);
+static int urb_packets(const struct urb *u);
+static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
+			     int32_t error_count);
+static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status);
+static void queue_bytes(struct conn *c, const void *data, size_t len);
+static void queue_msg(struct conn *c, struct msg *m);
+static void consume_output(struct conn *c, size_t n);
+static void free_msg(struct msg *m);
+static void end_after_replies(struct conn *c, const char *why);
+static void protocol_error(struct conn *c, const char *fmt, ...);
+static void close_conn(struct conn *c, const char *why);
+static void give_back_device(struct conn *c);
+static int finished(struct server *sv);
+static int next_wakeup_ms(struct server *sv);
+static void dispatch(struct server *sv, int ready);
+static void build_pollset(struct server *sv);
+static void begin_stop(struct server *sv);
+static void pause_accepting(struct server *sv);
+static void resume_accepting(struct server *sv, int freed);
+static const char *op_status_name(uint32_t status);
+static void print_device_line(const struct usbip_usb_device *d,
+			      const struct usbip_usb_interface *ifs, int nifs,
+			      const char *product);
+static void trace_header(const char *who, const struct usbip_header *h,
+			 int type);
+static void parse_allow(const char *list);
+static int is_allowed(const struct sockaddr *sa);
+static void redial(struct server *sv);
+static void accept_one(const char *where, struct link *l);
+static void spawn_via(const char *command, struct link *l);
+static int relay(int vhci, const struct link *l, long busy_poll_us);
+static void end_child(struct link *l);
+static int attach_persist(const struct attach_opts *o, const char *dir);
+static void put_urb(struct urb *u);
+static struct urb *get_urb(struct conn *c, size_t len, int np);
+static void drop_spares(struct conn *c);
+static void alloc_buf(struct urb *u, size_t len);
+static void free_buf(struct urb *u);
+static int busy_poll_wait(const struct busy_poll *b, int wait_ms);
+static void busy_poll_after(struct busy_poll *b, int ready, int waited_ms);
+static long parse_busy_poll(const char *arg);
 
-	do {
-		status = open_device(c, rec);
-		if (status != ST_OK)
-			return status;
-		rc = libusb_reset_device(c->handle);
-		if (rc == 0) {
-			memset(c->altsetting, 0, sizeof(c->altsetting));
-			learn_endpoints(c);
-			return ST_OK;
-		}
-		give_back_interfaces(c->handle);
-		close_device(c);
-	} while (rc == LIBUSB_ERROR_NOT_FOUND && ++tries < 2 &&
-		 describe_device(c->busid, rec, ifs) >= 0);
-	warnx("%s: cannot reset %s: %s", c->peer, c->busid,
-	      libusb_strerror(rc));
-	return ST_DEV_ERR;
+/* ==== the server, as one URB lives it ==================================== */
+
+/* -- a client connects -- */
+
+/* Returns -1 when the process or the system is out of descriptors. */
+static int accept_client(int lfd)
+{
+	static int said_full;
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+	char peer[80];
+	int fd = accept4(lfd, (struct sockaddr *)&sa, &len,
+			 SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	if (fd < 0)
+		return errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+		       errno == ENOMEM ? -1 : 0;
+	format_peer((struct sockaddr *)&sa, peer, sizeof(peer));
+	if (!is_allowed((struct sockaddr *)&sa)) {
+		warnx("%s: refused: not in --allow", peer);
+		close(fd);
+		return 0;
+	}
+	if (count_conns() >= MAX_CONNS) {
+		if (!said_full)
+			warnx("%s: refused: %d connections already", peer,
+			      MAX_CONNS);
+		said_full = 1;
+		close(fd);
+		return 0;
+	}
+	said_full = 0;
+	set_tcp_options(fd);
+	add_conn(fd, fd, peer);
+	return 0;
 }
 
-/*
- * Reset first, while the interfaces are still ours (libusb re-claims them
- * across the reset), so the device leaves in a clean state; then release
- * and let the kernel rebind its drivers.
- */
-static void give_back_device(struct conn *c)
+/* A new client: it has HANDSHAKE_MS to send its whole request. */
+static void add_conn(int rfd, int wfd, const char *peer)
 {
-	int rc = libusb_reset_device(c->handle);
+	struct conn *c = calloc(1, sizeof(*c));
 
-	/* Gone, or enumerated anew: the kernel binds the new one itself. */
-	if (rc != 0 && rc != LIBUSB_ERROR_NOT_FOUND &&
-	    rc != LIBUSB_ERROR_NO_DEVICE)
-		warnx("%s: cannot reset %s (%s): giving it back as it is",
-		      c->peer, c->busid, libusb_strerror(rc));
-	give_back_interfaces(c->handle);
-	close_device(c);
-	debug(1, "%s: %s given back to its kernel driver", c->peer, c->busid);
+	if (!c) {
+		warnx("%s: refused: out of memory", peer);
+		close(rfd);
+		if (wfd != rfd)
+			close(wfd);
+		return;
+	}
+	c->fd = rfd;
+	c->wfd = wfd;
+	set_nonblocking(rfd);
+	set_nonblocking(wfd);
+	c->outtail = &c->outq;
+	c->ep0_tail = &c->ep0_held;
+	snprintf(c->peer, sizeof(c->peer), "%s", peer);
+	expect(c, RX_OP_COMMON, c->rxbuf, OP_COMMON_SIZE);
+	c->deadline_ms = now_ms() + HANDSHAKE_MS;
+	c->next = conns;
+	conns = c;
+	debug(1, "%s: connected", c->peer);
 }
 
-/* -- the server's half of the handshake -- */
-
-static int busid_in_use(const char *busid)
+static int count_conns(void)
 {
 	struct conn *c;
+	int n = 0;
 
 	for (c = conns; c; c = c->next)
-		if (c->handle && strcmp(c->busid, busid) == 0)
-			return 1;
-	return 0;
+		n++;
+	return n;
+}
+
+/* -- the handshake: OP_REQ_DEVLIST and OP_REQ_IMPORT -- */
+
+static void on_op_common(struct conn *c)
+{
+	struct op_common op;
+
+	unpack_op_common(c->rxbuf, &op);
+	if (op.version != USBIP_VERSION)
+		protocol_error(c, "USB/IP version %x.%02x, expected 1.11",
+			       op.version >> 8, op.version & 0xff);
+	else if (op.code == OP_REQ_DEVLIST)
+		answer_devlist(c);
+	else if (op.code == OP_REQ_IMPORT)
+		expect(c, RX_IMPORT_BUSID, c->rxbuf, SYSFS_BUS_ID_SIZE);
+	else
+		protocol_error(c, "unknown request 0x%04x", op.code);
 }
 
 struct devlist {
@@ -1715,311 +1140,420 @@ static void answer_import(struct conn *c)
 	}
 }
 
-static void on_op_common(struct conn *c)
+static int busid_in_use(const char *busid)
 {
-	struct op_common op;
+	struct conn *c;
 
-	unpack_op_common(c->rxbuf, &op);
-	if (op.version != USBIP_VERSION)
-		protocol_error(c, "USB/IP version %x.%02x, expected 1.11",
-			       op.version >> 8, op.version & 0xff);
-	else if (op.code == OP_REQ_DEVLIST)
-		answer_devlist(c);
-	else if (op.code == OP_REQ_IMPORT)
-		expect(c, RX_IMPORT_BUSID, c->rxbuf, SYSFS_BUS_ID_SIZE);
-	else
-		protocol_error(c, "unknown request 0x%04x", op.code);
-}
-
-/* -- URB replies -- */
-
-/* libusb's outcome as the negative errno a Linux URB would carry. */
-static int32_t urb_status(enum libusb_transfer_status s)
-{
-	switch (s) {
-	case LIBUSB_TRANSFER_COMPLETED:
-		return 0;
-	case LIBUSB_TRANSFER_STALL:
-		return -EPIPE;
-	case LIBUSB_TRANSFER_CANCELLED:
-		return -ECONNRESET;
-	case LIBUSB_TRANSFER_NO_DEVICE:
-		return -ESHUTDOWN;
-	case LIBUSB_TRANSFER_TIMED_OUT:
-		return -ETIMEDOUT;
-	case LIBUSB_TRANSFER_OVERFLOW:
-		return -EOVERFLOW;
-	default:
-		return -EPROTO;
-	}
-}
-
-static int32_t submit_errno(int rc)
-{
-	switch (rc) {
-	case LIBUSB_ERROR_NO_DEVICE:
-		return -ESHUTDOWN;
-	case LIBUSB_ERROR_PIPE:
-		return -EPIPE;
-	case LIBUSB_ERROR_INVALID_PARAM:
-		return -EINVAL;
-	case LIBUSB_ERROR_NO_MEM:
-		return -ENOMEM;
-	case LIBUSB_ERROR_BUSY:
-		return -EBUSY;
-	case LIBUSB_ERROR_NOT_FOUND:
-		return -ENOENT;
-	default:
-		return -EIO;
-	}
-}
-
-static uint8_t *urb_data(struct urb *u)
-{
-	return u->cmd.base.ep == 0 ? u->buf + LIBUSB_CONTROL_SETUP_SIZE
-				   : u->buf;
+	for (c = conns; c; c = c->next)
+		if (c->handle && strcmp(c->busid, busid) == 0)
+			return 1;
+	return 0;
 }
 
 /*
- * vhci wants the received bytes of an IN iso URB back to back and each
- * descriptor with its original offset and length; libusb laid packet i at
- * the sum of the lengths before it.  Returns the total actual length.
+ * Opens and claims the device REC names, and resets it: a server killed
+ * mid-session leaves a device mid-command, and the client's port reset
+ * never reaches it (vhci_hcd emulates its own ports), so every session
+ * starts from a reset device.  A reset after which the kernel enumerates
+ * the device anew (its descriptors changed) leaves the handle stale:
+ * libusb says NOT_FOUND, and the device is looked up by its busid and
+ * opened once more.  Returns an ST_* status, and REC as opened.
  */
-static int32_t finish_iso(struct urb *u, int32_t *error_count)
+static int import_device(struct conn *c, struct usbip_usb_device *rec,
+			 struct usbip_usb_interface *ifs)
 {
-	struct libusb_transfer *x = u->xfer;
-	uint32_t pos = 0, packed = 0;
-	int i;
+	int tries = 0, status, rc;
 
-	*error_count = 0;
-	for (i = 0; i < x->num_iso_packets; i++) {
-		struct libusb_iso_packet_descriptor *p = &x->iso_packet_desc[i];
-		struct usbip_iso_packet_descriptor d;
-		uint8_t *wire = u->iso + (size_t)i * USBIP_ISO_DESC_SIZE;
-
-		unpack_iso_desc(wire, &d);
-		d.actual_length = p->actual_length;
-		d.status = (uint32_t)urb_status(p->status);
-		if (p->status != LIBUSB_TRANSFER_COMPLETED)
-			(*error_count)++;
-		if (u->cmd.base.direction == USBIP_DIR_IN)
-			memmove(u->buf + packed, u->buf + pos, d.actual_length);
-		packed += d.actual_length;
-		pos += p->length;
-		pack_iso_desc(wire, &d);
-	}
-	return (int32_t)packed;
+	do {
+		status = open_device(c, rec);
+		if (status != ST_OK)
+			return status;
+		rc = libusb_reset_device(c->handle);
+		if (rc == 0) {
+			memset(c->altsetting, 0, sizeof(c->altsetting));
+			learn_endpoints(c);
+			return ST_OK;
+		}
+		give_back_interfaces(c->handle);
+		close_device(c);
+	} while (rc == LIBUSB_ERROR_NOT_FOUND && ++tries < 2 &&
+		 describe_device(c->busid, rec, ifs) >= 0);
+	warnx("%s: cannot reset %s: %s", c->peer, c->busid,
+	      libusb_strerror(rc));
+	return ST_DEV_ERR;
 }
 
-static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
-			     int32_t error_count)
+/* usbfs's node for the device, handed to libusb as an open descriptor. */
+static int open_device(struct conn *c, const struct usbip_usb_device *rec)
 {
-	struct conn *c = u->conn;
-	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
-	struct usbip_header_ret_submit ret = {
-		.status = status,
-		.actual_length = actual,
-		.start_frame = cmd->start_frame,
-		.number_of_packets = cmd->number_of_packets,
-		.error_count = error_count,
-	};
-	struct msg *m = &u->reply;
+	char path[PATH_MAX];
+	int rc;
 
-	pack_ret_submit(u->head, u->cmd.base.seqnum, &ret);
-	m->urb = u;
-	m->iov[0] = (struct iovec){ u->head, USBIP_HEADER_SIZE };
-	m->iovcnt = 1;
-	if (u->cmd.base.direction == USBIP_DIR_IN && actual > 0)
-		m->iov[m->iovcnt++] = (struct iovec){ urb_data(u), (size_t)actual };
-	if (urb_packets(u) > 0)
-		m->iov[m->iovcnt++] = (struct iovec){
-			u->iso, (size_t)urb_packets(u) * USBIP_ISO_DESC_SIZE };
-	queue_msg(c, m);
-	if (verbose >= 2) {
-		struct usbip_header h = {
-			.base = { .command = USBIP_RET_SUBMIT,
-				  .seqnum = u->cmd.base.seqnum },
-			.u.ret_submit = ret,
-		};
-
-		trace_header(c->peer, &h, -1);
+	if (!usb)
+		return ST_DEV_ERR;
+	snprintf(path, sizeof(path), "%s/%03u/%03u", usbfs_dir, rec->busnum,
+		 rec->devnum);
+	c->usbfs = open(path, O_RDWR | O_CLOEXEC);
+	if (c->usbfs < 0) {
+		rc = errno;
+		warn("%s: cannot open %s (%s)", c->peer, c->busid, path);
+		return rc == EACCES || rc == EPERM ? ST_NA : ST_DEV_ERR;
 	}
+	rc = libusb_wrap_sys_device(usb, (intptr_t)c->usbfs, &c->handle);
+	if (rc != 0) {
+		warnx("%s: cannot open %s: %s", c->peer, c->busid,
+		      libusb_strerror(rc));
+		close(c->usbfs);
+		c->handle = NULL;
+		return ST_DEV_ERR;
+	}
+	rc = for_each_interface(c->handle, take_interface);
+	if (rc != 0) {
+		warnx("%s: cannot claim %s: %s", c->peer, c->busid,
+		      libusb_strerror(rc));
+		give_back_interfaces(c->handle);
+		close_device(c);
+		return ST_DEV_BUSY;
+	}
+	return ST_OK;
 }
 
-static void inflight_remove(struct conn *c, struct urb *u)
+static void learn_endpoints(struct conn *c)
 {
-	struct urb **pp;
+	libusb_device *dev = libusb_get_device(c->handle);
+	struct libusb_config_descriptor *cfg;
+	int i, a, e;
 
-	for (pp = &c->inflight; *pp; pp = &(*pp)->next) {
-		if (*pp == u) {
-			*pp = u->next;
-			c->ninflight--;
-			c->inflight_bytes -= (size_t)u->xfer->length;
-			if (u->cmd.base.ep == 0)
-				c->ep0_busy--;
-			return;
+	memset(c->eptype, EP_NONE, sizeof(c->eptype));
+	if (libusb_get_active_config_descriptor(dev, &cfg) != 0)
+		return;
+	for (i = 0; i < cfg->bNumInterfaces; i++) {
+		const struct libusb_interface *intf = &cfg->interface[i];
+
+		for (a = 0; a < intf->num_altsetting; a++) {
+			const struct libusb_interface_descriptor *alt =
+			    &intf->altsetting[a];
+
+			if (alt->bInterfaceNumber >= MAX_INTERFACES ||
+			    alt->bAlternateSetting !=
+			    c->altsetting[alt->bInterfaceNumber])
+				continue;
+			for (e = 0; e < alt->bNumEndpoints; e++) {
+				uint8_t addr = alt->endpoint[e].bEndpointAddress;
+
+				c->eptype[addr & 0x80 ? USBIP_DIR_IN :
+					  USBIP_DIR_OUT][addr & 0x0f] =
+				    alt->endpoint[e].bmAttributes & 0x03;
+			}
 		}
 	}
+	libusb_free_config_descriptor(cfg);
 }
 
-/*
- * A transfer came back from the device: its reply.  The unlink rules, as
- * vhci_hcd needs them (drivers/usb/usbip/vhci_rx.c):
- *  - cancelled in flight by a CMD_UNLINK: a RET_UNLINK with -ECONNRESET
- *    and no RET_SUBMIT; vhci gives the URB back on the RET_UNLINK and would
- *    take a RET_SUBMIT after it for a broken stream;
- *  - completed before the cancel took effect: its RET_SUBMIT, then a
- *    RET_UNLINK with 0.  The kernel's stub sends the RET_UNLINK alone,
- *    with the URB's status (stub_tx.c), and so drops an IN transfer's
- *    data; vhci takes this order too (vhci_recv_ret_unlink() finds the URB
- *    given back already and just says so), and the driver gets its data.
- */
-static void answer_transfer(struct urb *u)
+/* Calls fn(handle, bInterfaceNumber) for each interface of the active
+ * configuration. */
+static int for_each_interface(libusb_device_handle *h,
+			      int (*fn)(libusb_device_handle *, int))
 {
-	struct libusb_transfer *x = u->xfer;
-	struct conn *c = u->conn;
-	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
-	int32_t actual = x->actual_length, status = urb_status(x->status);
-	int32_t errors = 0;
+	struct libusb_config_descriptor *cfg;
+	int i, rc = 0;
 
-	if (u->unlinked && x->status == LIBUSB_TRANSFER_CANCELLED) {
-		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
-		put_urb(u);
-		return;
-	}
-	if (urb_packets(u) > 0)
-		actual = finish_iso(u, &errors);
-	if (actual > cmd->transfer_buffer_length)
-		actual = cmd->transfer_buffer_length;
-	if (x->status == LIBUSB_TRANSFER_COMPLETED &&
-	    u->cmd.base.direction == USBIP_DIR_IN && urb_packets(u) == 0 &&
-	    (cmd->transfer_flags & URB_SHORT_NOT_OK) &&
-	    actual < cmd->transfer_buffer_length)
-		status = -EREMOTEIO;
-	queue_ret_submit(u, status, actual, errors);
-	if (u->unlinked)
-		queue_ret_unlink(c, u->unlink_seqnum, 0);
-	if (x->status == LIBUSB_TRANSFER_NO_DEVICE)
-		end_after_replies(c, "device unplugged");
-}
-
-static void release_held(struct conn *c);
-
-/* libusb calls this from libusb_handle_events(): one URB is done. */
-static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
-{
-	struct urb *u = x->user_data;
-	struct conn *c = u->conn;
-	int control = u->cmd.base.ep == 0;
-
-	inflight_remove(c, u);
-	if (c->fd < 0) {
-		put_urb(u);
-		return;
-	}
-	answer_transfer(u);
-	if (control)
-		release_held(c);	/* the next request on endpoint 0 */
-}
-
-/* -- requests the server runs itself instead of passing them raw -- */
-
-/*
- * usbfs changes configuration only with every interface released.  They
- * are not given back to kernel drivers meanwhile (a driver would grab
- * them and the change would fail): whatever configuration is active
- * afterwards, new or unchanged, has its interfaces claimed again.
- */
-static int set_configuration(struct conn *c, int value)
-{
-	int cur = -1, rc, claimed;
-
-	if (libusb_get_configuration(c->handle, &cur) == 0 && cur == value)
+	if (libusb_get_active_config_descriptor(libusb_get_device(h), &cfg))
 		return 0;
-	for_each_interface(c->handle, release_interface);
-	rc = libusb_set_configuration(c->handle, value);
-	claimed = for_each_interface(c->handle, take_interface);
-	memset(c->altsetting, 0, sizeof(c->altsetting));
-	learn_endpoints(c);
-	return rc ? rc : claimed;
-}
-
-static int set_interface(struct conn *c, int intf, int alt)
-{
-	int rc = libusb_set_interface_alt_setting(c->handle, intf, alt);
-
-	if (rc == 0 && intf < MAX_INTERFACES) {
-		c->altsetting[intf] = (uint8_t)alt;
-		learn_endpoints(c);
-	}
+	for (i = 0; i < cfg->bNumInterfaces && rc == 0; i++)
+		rc = fn(h, cfg->interface[i].altsetting[0].bInterfaceNumber);
+	libusb_free_config_descriptor(cfg);
 	return rc;
 }
 
-#define USB_ENDPOINT_HALT	0	/* feature selectors: chapter 9 */
-#define USB_PORT_FEAT_RESET	4	/*   and a hub's, chapter 11 */
-
-/*
- * The host's USB core must see these as real operations (stub_rx.c in the
- * kernel does the same), or its idea of toggles and altsettings drifts
- * from the device's.  Returns 1 when the request was handled here.
- */
-static int run_intercepted(struct urb *u)
+static int take_interface(libusb_device_handle *h, int i)
 {
-	const uint8_t *s = u->cmd.u.cmd_submit.setup;
-	uint8_t type = s[0], req = s[1];
-	uint16_t value = (uint16_t)(s[2] | s[3] << 8);
-	uint16_t index = (uint16_t)(s[4] | s[5] << 8);
-	struct conn *c = u->conn;
-	int rc;
-
-	/* usbfs clears no halt on endpoint 0: the device itself answers. */
-	if (type == LIBUSB_RECIPIENT_ENDPOINT &&
-	    req == LIBUSB_REQUEST_CLEAR_FEATURE &&
-	    value == USB_ENDPOINT_HALT &&
-	    (index & LIBUSB_ENDPOINT_ADDRESS_MASK) != 0)
-		rc = libusb_clear_halt(c->handle, (uint8_t)index);
-	else if (type == LIBUSB_RECIPIENT_INTERFACE &&
-		 req == LIBUSB_REQUEST_SET_INTERFACE)
-		rc = set_interface(c, index, value);
-	else if (type == LIBUSB_RECIPIENT_DEVICE &&
-		 req == LIBUSB_REQUEST_SET_CONFIGURATION)
-		rc = set_configuration(c, value);
-	else if (type == (LIBUSB_REQUEST_TYPE_CLASS | LIBUSB_RECIPIENT_OTHER) &&
-		 req == LIBUSB_REQUEST_SET_FEATURE &&
-		 value == USB_PORT_FEAT_RESET)
-		rc = libusb_reset_device(c->handle);	/* the device is a hub */
-	else
-		return 0;
-	debug(1, "%s: ran request %02x %02x %04x %04x: %s", c->peer, type,
-	      req, value, index, rc ? libusb_strerror(rc) : "ok");
-	queue_ret_submit(u, rc ? submit_errno(rc) : 0, 0, 0);
-	return 1;
+	if (libusb_kernel_driver_active(h, i) == 1)
+		libusb_detach_kernel_driver(h, i);
+	return libusb_claim_interface(h, i);
 }
 
-/* -- CMD_SUBMIT -- */
-
-/* Packs OUT iso packets back to back, the layout libusb sends from. */
-static int32_t load_iso(struct urb *u)
+static int release_interface(libusb_device_handle *h, int i)
 {
-	struct libusb_transfer *x = u->xfer;
-	uint32_t pos = 0, end = 0;
-	int i;
-
-	for (i = 0; i < x->num_iso_packets; i++) {
-		struct usbip_iso_packet_descriptor d;
-
-		unpack_iso_desc(u->iso + (size_t)i * USBIP_ISO_DESC_SIZE, &d);
-		if (d.offset < end || d.length > (uint32_t)INT32_MAX ||
-		    d.offset + (uint64_t)d.length >
-		    (uint64_t)u->cmd.u.cmd_submit.transfer_buffer_length)
-			return -EINVAL;
-		if (u->cmd.base.direction == USBIP_DIR_OUT)
-			memmove(u->buf + pos, u->buf + d.offset, d.length);
-		x->iso_packet_desc[i].length = d.length;
-		pos += d.length;
-		end = d.offset + d.length;
-	}
+	libusb_release_interface(h, i);
 	return 0;
+}
+
+static int rebind_driver(libusb_device_handle *h, int i)
+{
+	libusb_attach_kernel_driver(h, i);
+	return 0;
+}
+
+/*
+ * Rebinding whatever kernel driver matches is what "give back" means.
+ * Every interface is released first: a driver such as cdc_acm claims its
+ * sibling interfaces when it probes, so none may still be ours then.
+ */
+static void give_back_interfaces(libusb_device_handle *h)
+{
+	for_each_interface(h, release_interface);
+	for_each_interface(h, rebind_driver);
+}
+
+static void close_device(struct conn *c)
+{
+	libusb_close(c->handle);
+	c->handle = NULL;
+	close(c->usbfs);
+	c->usbfs = -1;
+}
+
+/* -- reading: the input state machine -- */
+
+/* poll() says the socket has input, or an error or EOF to read. */
+static void read_ready(struct conn *c)
+{
+	c->drained = 0;
+	read_input(c);
+}
+
+static void read_input(struct conn *c)
+{
+	while (wants_input(c)) {
+		ssize_t n = 0;
+
+		if (c->rxhave < c->rxneed) {
+			n = fill_input(c);
+			if (n == 0) {
+				close_conn(c, c->handle ?
+					   "client closed the connection" :
+					   "client left");
+				return;
+			}
+			if (n < 0) {
+				if (errno != EAGAIN && errno != EINTR)
+					close_conn(c, strerror(errno));
+				return;
+			}
+			c->rxhave += (size_t)n;
+		}
+		if (c->rxhave == c->rxneed)
+			on_input(c);
+	}
+}
+
+static int wants_input(const struct conn *c)
+{
+	return c->fd >= 0 && c->rx != RX_NONE && c->outbytes < OUTQ_LIMIT &&
+	       c->noutq < OUTQ_MSGS &&
+	       c->ninflight + c->nheld < INFLIGHT_LIMIT &&
+	       c->inflight_bytes < INFLIGHT_BYTES;
+}
+
+/* Input already read ahead: poll() would not wake us for it. */
+static int input_waiting(const struct conn *c)
+{
+	return c->inoff < c->inlen && wants_input(c);
+}
+
+/*
+ * Headers and short payloads come out of a read-ahead buffer, so one
+ * read() serves several of them; a large OUT payload is read straight
+ * into its transfer buffer.  A short read means the socket is empty, so
+ * the next read() waits for poll() instead of failing with EAGAIN.
+ * Returns the bytes added to rxdst, as read().
+ */
+static ssize_t fill_input(struct conn *c)
+{
+	size_t want = c->rxneed - c->rxhave, n = c->inlen - c->inoff;
+	ssize_t got;
+
+	if (n == 0 && c->drained) {
+		errno = EAGAIN;	/* poll() says when there is more */
+		return -1;
+	}
+	if (n == 0 && want >= sizeof(c->inbuf)) {
+		got = read(c->fd, c->rxdst + c->rxhave, want);
+		c->drained = got >= 0 && (size_t)got < want;
+		return got;
+	}
+	if (n == 0) {
+		got = read(c->fd, c->inbuf, sizeof(c->inbuf));
+		if (got <= 0)
+			return got;
+		c->drained = (size_t)got < sizeof(c->inbuf);
+		c->inoff = 0;
+		c->inlen = n = (size_t)got;
+	}
+	n = n < want ? n : want;
+	memcpy(c->rxdst + c->rxhave, c->inbuf + c->inoff, n);
+	c->inoff += n;
+	return (ssize_t)n;
+}
+
+/* What to read next.  RX_NONE is final: a session that ends stays ended. */
+static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len)
+{
+	if (c->rx == RX_NONE)
+		return;
+	c->rx = rx;
+	c->rxdst = dst;
+	c->rxneed = len;
+	c->rxhave = 0;
+}
+
+/* The current read is complete: act on it and say what to read next. */
+static void on_input(struct conn *c)
+{
+	struct urb *u = c->rxurb;
+
+	switch (c->rx) {
+	case RX_OP_COMMON:
+		on_op_common(c);
+		break;
+	case RX_IMPORT_BUSID:
+		answer_import(c);
+		break;
+	case RX_HEADER:
+		on_header(c);
+		break;
+	case RX_OUT_DATA:
+		if (urb_packets(u) > 0) {
+			expect(c, RX_ISO_DESC, u->iso,
+			       (size_t)u->cmd.u.cmd_submit.number_of_packets *
+			       USBIP_ISO_DESC_SIZE);
+			break;
+		}
+		/* fall through */
+	case RX_ISO_DESC:
+		c->rxurb = NULL;
+		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
+		start_urb(u);
+		break;
+	case RX_NONE:
+		break;
+	}
+}
+
+static void on_header(struct conn *c)
+{
+	struct usbip_header h;
+
+	unpack_header(c->rxbuf, &h);
+	if (h.base.command != USBIP_CMD_SUBMIT &&
+	    h.base.command != USBIP_CMD_UNLINK) {
+		protocol_error(c, "unknown command %u", h.base.command);
+	} else if (h.base.devid != c->devid) {
+		protocol_error(c, "seq %u: devid %08x, expected %08x",
+			       h.base.seqnum, h.base.devid, c->devid);
+	} else if (h.base.command == USBIP_CMD_UNLINK) {
+		on_cmd_unlink(c, &h);
+		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
+	} else if (h.base.direction > USBIP_DIR_IN || h.base.ep > 15) {
+		protocol_error(c, "seq %u: bad endpoint %u direction %u",
+			       h.base.seqnum, h.base.ep, h.base.direction);
+	} else {
+		on_cmd_submit(c, &h);
+	}
+}
+
+/* -- CMD_SUBMIT: the URB goes to the device -- */
+
+static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
+{
+	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	int len = cmd->transfer_buffer_length, np = cmd->number_of_packets;
+	size_t setup = h->base.ep == 0 ? LIBUSB_CONTROL_SETUP_SIZE : 0;
+	struct urb *u;
+
+	if (len < 0 || len > max_length) {
+		protocol_error(c, "seq %u: transfer length %d out of range",
+			       h->base.seqnum, len);
+		return;
+	}
+	/* The kernel's usbip_protocol.rst has non-iso URBs say -1. */
+	if (np < 0)
+		np = 0;
+	if (np > ISO_PACKETS_MAX) {
+		protocol_error(c, "seq %u: %d iso packets out of range",
+			       h->base.seqnum, np);
+		return;
+	}
+	u = get_urb(c, setup + (size_t)len + 1, np);
+	if (!u) {
+		static char why[64];
+
+		/* Its OUT data cannot be skipped without a buffer: the end. */
+		snprintf(why, sizeof(why), "no memory for an URB of %d bytes",
+			 len);
+		end_after_replies(c, why);
+		return;
+	}
+	u->cmd = *h;
+	u->cmd.u.cmd_submit.number_of_packets = np;
+	memcpy(u->buf, cmd->setup, setup);
+	match_early_unlinks(c, u);
+	trace_header(c->peer, h, c->eptype[h->base.direction][h->base.ep]);
+
+	c->rxurb = u;
+	if (h->base.direction == USBIP_DIR_OUT && len > 0)
+		expect(c, RX_OUT_DATA, u->buf + setup, (size_t)len);
+	else if (np > 0)
+		expect(c, RX_ISO_DESC, u->iso, (size_t)np * USBIP_ISO_DESC_SIZE);
+	else
+		expect(c, RX_OUT_DATA, NULL, 0);
+}
+
+/* A CMD_SUBMIT read in full: cancelled already, held, or run. */
+static void start_urb(struct urb *u)
+{
+	struct conn *c = u->conn;
+
+	if (u->unlinked) {
+		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
+		put_urb(u);
+	} else if (u->cmd.base.ep == 0 && (c->ep0_busy > 0 || c->ep0_held)) {
+		hold_control(c, u);
+	} else {
+		submit_urb(u);
+	}
+}
+
+/*
+ * A device runs the control requests queued on endpoint 0 one after the
+ * other, and drivers count on their completions coming back in that
+ * order.  Some requests are answered at once here (run_intercepted(), or
+ * refused before they reach the device); were they let through while an
+ * earlier one is still with the device, their replies would overtake it.
+ * So a control request waits until the one before it is back: the bus
+ * would have run them one at a time anyway.
+ */
+static void hold_control(struct conn *c, struct urb *u)
+{
+	u->next = NULL;
+	*c->ep0_tail = u;
+	c->ep0_tail = &u->next;
+	c->nheld++;
+}
+
+/* Takes the held request SEQNUM out of the queue; NULL if not held. */
+static struct urb *unhold_control(struct conn *c, uint32_t seqnum)
+{
+	struct urb **pp, *u;
+
+	for (pp = &c->ep0_held; (u = *pp) != NULL; pp = &u->next) {
+		if (u->cmd.base.seqnum == seqnum) {
+			*pp = u->next;
+			if (!*pp)
+				c->ep0_tail = pp;
+			c->nheld--;
+			return u;
+		}
+	}
+	return NULL;
+}
+
+/* Endpoint 0 is free: run held requests until one is with the device. */
+static void release_held(struct conn *c)
+{
+	while (c->ep0_held && c->ep0_busy == 0)
+		submit_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
 }
 
 static void submit_urb(struct urb *u)
@@ -2089,50 +1623,135 @@ static void submit_urb(struct urb *u)
 	queue_ret_submit(u, status, 0, 0);
 }
 
-/* -- endpoint 0: one control transfer at a time, in request order -- */
+/* Packs OUT iso packets back to back, the layout libusb sends from. */
+static int32_t load_iso(struct urb *u)
+{
+	struct libusb_transfer *x = u->xfer;
+	uint32_t pos = 0, end = 0;
+	int i;
+
+	for (i = 0; i < x->num_iso_packets; i++) {
+		struct usbip_iso_packet_descriptor d;
+
+		unpack_iso_desc(u->iso + (size_t)i * USBIP_ISO_DESC_SIZE, &d);
+		if (d.offset < end || d.length > (uint32_t)INT32_MAX ||
+		    d.offset + (uint64_t)d.length >
+		    (uint64_t)u->cmd.u.cmd_submit.transfer_buffer_length)
+			return -EINVAL;
+		if (u->cmd.base.direction == USBIP_DIR_OUT)
+			memmove(u->buf + pos, u->buf + d.offset, d.length);
+		x->iso_packet_desc[i].length = d.length;
+		pos += d.length;
+		end = d.offset + d.length;
+	}
+	return 0;
+}
+
+#define USB_ENDPOINT_HALT	0	/* feature selectors: chapter 9 */
+#define USB_PORT_FEAT_RESET	4	/*   and a hub's, chapter 11 */
 
 /*
- * A device runs the control requests queued on endpoint 0 one after the
- * other, and drivers count on their completions coming back in that
- * order.  Some requests are answered at once here (run_intercepted(), or
- * refused before they reach the device); were they let through while an
- * earlier one is still with the device, their replies would overtake it.
- * So a control request waits until the one before it is back: the bus
- * would have run them one at a time anyway.
+ * The host's USB core must see these as real operations (stub_rx.c in the
+ * kernel does the same), or its idea of toggles and altsettings drifts
+ * from the device's.  Returns 1 when the request was handled here.
  */
-static void hold_control(struct conn *c, struct urb *u)
+static int run_intercepted(struct urb *u)
 {
-	u->next = NULL;
-	*c->ep0_tail = u;
-	c->ep0_tail = &u->next;
-	c->nheld++;
+	const uint8_t *s = u->cmd.u.cmd_submit.setup;
+	uint8_t type = s[0], req = s[1];
+	uint16_t value = (uint16_t)(s[2] | s[3] << 8);
+	uint16_t index = (uint16_t)(s[4] | s[5] << 8);
+	struct conn *c = u->conn;
+	int rc;
+
+	/* usbfs clears no halt on endpoint 0: the device itself answers. */
+	if (type == LIBUSB_RECIPIENT_ENDPOINT &&
+	    req == LIBUSB_REQUEST_CLEAR_FEATURE &&
+	    value == USB_ENDPOINT_HALT &&
+	    (index & LIBUSB_ENDPOINT_ADDRESS_MASK) != 0)
+		rc = libusb_clear_halt(c->handle, (uint8_t)index);
+	else if (type == LIBUSB_RECIPIENT_INTERFACE &&
+		 req == LIBUSB_REQUEST_SET_INTERFACE)
+		rc = set_interface(c, index, value);
+	else if (type == LIBUSB_RECIPIENT_DEVICE &&
+		 req == LIBUSB_REQUEST_SET_CONFIGURATION)
+		rc = set_configuration(c, value);
+	else if (type == (LIBUSB_REQUEST_TYPE_CLASS | LIBUSB_RECIPIENT_OTHER) &&
+		 req == LIBUSB_REQUEST_SET_FEATURE &&
+		 value == USB_PORT_FEAT_RESET)
+		rc = libusb_reset_device(c->handle);	/* the device is a hub */
+	else
+		return 0;
+	debug(1, "%s: ran request %02x %02x %04x %04x: %s", c->peer, type,
+	      req, value, index, rc ? libusb_strerror(rc) : "ok");
+	queue_ret_submit(u, rc ? submit_errno(rc) : 0, 0, 0);
+	return 1;
 }
 
-/* Takes the held request SEQNUM out of the queue; NULL if not held. */
-static struct urb *unhold_control(struct conn *c, uint32_t seqnum)
+/*
+ * usbfs changes configuration only with every interface released.  They
+ * are not given back to kernel drivers meanwhile (a driver would grab
+ * them and the change would fail): whatever configuration is active
+ * afterwards, new or unchanged, has its interfaces claimed again.
+ */
+static int set_configuration(struct conn *c, int value)
 {
-	struct urb **pp, *u;
+	int cur = -1, rc, claimed;
 
-	for (pp = &c->ep0_held; (u = *pp) != NULL; pp = &u->next) {
-		if (u->cmd.base.seqnum == seqnum) {
-			*pp = u->next;
-			if (!*pp)
-				c->ep0_tail = pp;
-			c->nheld--;
-			return u;
+	if (libusb_get_configuration(c->handle, &cur) == 0 && cur == value)
+		return 0;
+	for_each_interface(c->handle, release_interface);
+	rc = libusb_set_configuration(c->handle, value);
+	claimed = for_each_interface(c->handle, take_interface);
+	memset(c->altsetting, 0, sizeof(c->altsetting));
+	learn_endpoints(c);
+	return rc ? rc : claimed;
+}
+
+static int set_interface(struct conn *c, int intf, int alt)
+{
+	int rc = libusb_set_interface_alt_setting(c->handle, intf, alt);
+
+	if (rc == 0 && intf < MAX_INTERFACES) {
+		c->altsetting[intf] = (uint8_t)alt;
+		learn_endpoints(c);
+	}
+	return rc;
+}
+
+/* -- CMD_UNLINK: the driver gives up on an URB -- */
+
+/*
+ * CMD_UNLINK: the client's driver gave up on an URB.  Every unlink gets a
+ * RET_UNLINK that echoes the unlink's own seqnum, and never before the
+ * RET_SUBMIT of an URB already answered: -ECONNRESET when the URB was
+ * stopped before it completed (and then it gets no RET_SUBMIT), 0 when
+ * it was too late (see answer_transfer()).
+ */
+static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
+{
+	uint32_t victim = h->u.cmd_unlink.seqnum;
+	struct urb *u;
+
+	trace_header(c->peer, h, -1);
+	for (u = c->inflight; u; u = u->next) {
+		if (u->cmd.base.seqnum == victim && !u->unlinked) {
+			u->unlinked = 1;
+			u->unlink_seqnum = h->base.seqnum;
+			libusb_cancel_transfer(u->xfer);
+			return;	/* answered from on_transfer_done() */
 		}
 	}
-	return NULL;
+	if ((u = unhold_control(c, victim)) != NULL) {
+		queue_ret_unlink(c, h->base.seqnum, -ECONNRESET);
+		put_urb(u);
+	} else if (is_early_unlink(c, victim)) {
+		hold_unlink(c, victim, h->base.seqnum);
+	} else {
+		/* Answered already: its RET_SUBMIT is queued ahead. */
+		queue_ret_unlink(c, h->base.seqnum, 0);
+	}
 }
-
-/* Endpoint 0 is free: run held requests until one is with the device. */
-static void release_held(struct conn *c)
-{
-	while (c->ep0_held && c->ep0_busy == 0)
-		submit_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
-}
-
-/* -- a CMD_UNLINK that overtook its CMD_SUBMIT -- */
 
 /*
  * vhci_hcd sends submits and unlinks from two queues, and its sender can
@@ -2189,259 +1808,251 @@ static void match_early_unlinks(struct conn *c, struct urb *u)
 	c->nearly = kept;
 }
 
-/* A CMD_SUBMIT read in full: cancelled already, held, or run. */
-static void start_urb(struct urb *u)
-{
-	struct conn *c = u->conn;
+/* -- completion: the device is done with it -- */
 
-	if (u->unlinked) {
+/* libusb calls this from libusb_handle_events(): one URB is done. */
+static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
+{
+	struct urb *u = x->user_data;
+	struct conn *c = u->conn;
+	int control = u->cmd.base.ep == 0;
+
+	inflight_remove(c, u);
+	if (c->fd < 0) {
+		put_urb(u);
+		return;
+	}
+	answer_transfer(u);
+	if (control)
+		release_held(c);	/* the next request on endpoint 0 */
+}
+
+/*
+ * A transfer came back from the device: its reply.  The unlink rules, as
+ * vhci_hcd needs them (drivers/usb/usbip/vhci_rx.c):
+ *  - cancelled in flight by a CMD_UNLINK: a RET_UNLINK with -ECONNRESET
+ *    and no RET_SUBMIT; vhci gives the URB back on the RET_UNLINK and would
+ *    take a RET_SUBMIT after it for a broken stream;
+ *  - completed before the cancel took effect: its RET_SUBMIT, then a
+ *    RET_UNLINK with 0.  The kernel's stub sends the RET_UNLINK alone,
+ *    with the URB's status (stub_tx.c), and so drops an IN transfer's
+ *    data; vhci takes this order too (vhci_recv_ret_unlink() finds the URB
+ *    given back already and just says so), and the driver gets its data.
+ */
+static void answer_transfer(struct urb *u)
+{
+	struct libusb_transfer *x = u->xfer;
+	struct conn *c = u->conn;
+	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
+	int32_t actual = x->actual_length, status = urb_status(x->status);
+	int32_t errors = 0;
+
+	if (u->unlinked && x->status == LIBUSB_TRANSFER_CANCELLED) {
 		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
 		put_urb(u);
-	} else if (u->cmd.base.ep == 0 && (c->ep0_busy > 0 || c->ep0_held)) {
-		hold_control(c, u);
-	} else {
-		submit_urb(u);
+		return;
 	}
+	if (urb_packets(u) > 0)
+		actual = finish_iso(u, &errors);
+	if (actual > cmd->transfer_buffer_length)
+		actual = cmd->transfer_buffer_length;
+	if (x->status == LIBUSB_TRANSFER_COMPLETED &&
+	    u->cmd.base.direction == USBIP_DIR_IN && urb_packets(u) == 0 &&
+	    (cmd->transfer_flags & URB_SHORT_NOT_OK) &&
+	    actual < cmd->transfer_buffer_length)
+		status = -EREMOTEIO;
+	queue_ret_submit(u, status, actual, errors);
+	if (u->unlinked)
+		queue_ret_unlink(c, u->unlink_seqnum, 0);
+	if (x->status == LIBUSB_TRANSFER_NO_DEVICE)
+		end_after_replies(c, "device unplugged");
 }
 
-static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
+static void inflight_remove(struct conn *c, struct urb *u)
 {
-	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
-	int len = cmd->transfer_buffer_length, np = cmd->number_of_packets;
-	size_t setup = h->base.ep == 0 ? LIBUSB_CONTROL_SETUP_SIZE : 0;
-	struct urb *u;
+	struct urb **pp;
 
-	if (len < 0 || len > max_length) {
-		protocol_error(c, "seq %u: transfer length %d out of range",
-			       h->base.seqnum, len);
-		return;
+	for (pp = &c->inflight; *pp; pp = &(*pp)->next) {
+		if (*pp == u) {
+			*pp = u->next;
+			c->ninflight--;
+			c->inflight_bytes -= (size_t)u->xfer->length;
+			if (u->cmd.base.ep == 0)
+				c->ep0_busy--;
+			return;
+		}
 	}
-	/* The kernel's usbip_protocol.rst has non-iso URBs say -1. */
-	if (np < 0)
-		np = 0;
-	if (np > ISO_PACKETS_MAX) {
-		protocol_error(c, "seq %u: %d iso packets out of range",
-			       h->base.seqnum, np);
-		return;
-	}
-	u = get_urb(c, setup + (size_t)len + 1, np);
-	if (!u) {
-		static char why[64];
-
-		/* Its OUT data cannot be skipped without a buffer: the end. */
-		snprintf(why, sizeof(why), "no memory for an URB of %d bytes",
-			 len);
-		end_after_replies(c, why);
-		return;
-	}
-	u->cmd = *h;
-	u->cmd.u.cmd_submit.number_of_packets = np;
-	memcpy(u->buf, cmd->setup, setup);
-	match_early_unlinks(c, u);
-	trace_header(c->peer, h, c->eptype[h->base.direction][h->base.ep]);
-
-	c->rxurb = u;
-	if (h->base.direction == USBIP_DIR_OUT && len > 0)
-		expect(c, RX_OUT_DATA, u->buf + setup, (size_t)len);
-	else if (np > 0)
-		expect(c, RX_ISO_DESC, u->iso, (size_t)np * USBIP_ISO_DESC_SIZE);
-	else
-		expect(c, RX_OUT_DATA, NULL, 0);
 }
 
 /*
- * CMD_UNLINK: the client's driver gave up on an URB.  Every unlink gets a
- * RET_UNLINK that echoes the unlink's own seqnum, and never before the
- * RET_SUBMIT of an URB already answered: -ECONNRESET when the URB was
- * stopped before it completed (and then it gets no RET_SUBMIT), 0 when
- * it was too late (see answer_transfer()).
+ * vhci wants the received bytes of an IN iso URB back to back and each
+ * descriptor with its original offset and length; libusb laid packet i at
+ * the sum of the lengths before it.  Returns the total actual length.
  */
-static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
+static int32_t finish_iso(struct urb *u, int32_t *error_count)
 {
-	uint32_t victim = h->u.cmd_unlink.seqnum;
-	struct urb *u;
+	struct libusb_transfer *x = u->xfer;
+	uint32_t pos = 0, packed = 0;
+	int i;
 
-	trace_header(c->peer, h, -1);
-	for (u = c->inflight; u; u = u->next) {
-		if (u->cmd.base.seqnum == victim && !u->unlinked) {
-			u->unlinked = 1;
-			u->unlink_seqnum = h->base.seqnum;
-			libusb_cancel_transfer(u->xfer);
-			return;	/* answered from on_transfer_done() */
-		}
+	*error_count = 0;
+	for (i = 0; i < x->num_iso_packets; i++) {
+		struct libusb_iso_packet_descriptor *p = &x->iso_packet_desc[i];
+		struct usbip_iso_packet_descriptor d;
+		uint8_t *wire = u->iso + (size_t)i * USBIP_ISO_DESC_SIZE;
+
+		unpack_iso_desc(wire, &d);
+		d.actual_length = p->actual_length;
+		d.status = (uint32_t)urb_status(p->status);
+		if (p->status != LIBUSB_TRANSFER_COMPLETED)
+			(*error_count)++;
+		if (u->cmd.base.direction == USBIP_DIR_IN)
+			memmove(u->buf + packed, u->buf + pos, d.actual_length);
+		packed += d.actual_length;
+		pos += p->length;
+		pack_iso_desc(wire, &d);
 	}
-	if ((u = unhold_control(c, victim)) != NULL) {
-		queue_ret_unlink(c, h->base.seqnum, -ECONNRESET);
-		put_urb(u);
-	} else if (is_early_unlink(c, victim)) {
-		hold_unlink(c, victim, h->base.seqnum);
-	} else {
-		/* Answered already: its RET_SUBMIT is queued ahead. */
-		queue_ret_unlink(c, h->base.seqnum, 0);
+	return (int32_t)packed;
+}
+
+/* libusb's outcome as the negative errno a Linux URB would carry. */
+static int32_t urb_status(enum libusb_transfer_status s)
+{
+	switch (s) {
+	case LIBUSB_TRANSFER_COMPLETED:
+		return 0;
+	case LIBUSB_TRANSFER_STALL:
+		return -EPIPE;
+	case LIBUSB_TRANSFER_CANCELLED:
+		return -ECONNRESET;
+	case LIBUSB_TRANSFER_NO_DEVICE:
+		return -ESHUTDOWN;
+	case LIBUSB_TRANSFER_TIMED_OUT:
+		return -ETIMEDOUT;
+	case LIBUSB_TRANSFER_OVERFLOW:
+		return -EOVERFLOW;
+	default:
+		return -EPROTO;
 	}
 }
 
-static void on_header(struct conn *c)
+static int32_t submit_errno(int rc)
 {
-	struct usbip_header h;
-
-	unpack_header(c->rxbuf, &h);
-	if (h.base.command != USBIP_CMD_SUBMIT &&
-	    h.base.command != USBIP_CMD_UNLINK) {
-		protocol_error(c, "unknown command %u", h.base.command);
-	} else if (h.base.devid != c->devid) {
-		protocol_error(c, "seq %u: devid %08x, expected %08x",
-			       h.base.seqnum, h.base.devid, c->devid);
-	} else if (h.base.command == USBIP_CMD_UNLINK) {
-		on_cmd_unlink(c, &h);
-		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
-	} else if (h.base.direction > USBIP_DIR_IN || h.base.ep > 15) {
-		protocol_error(c, "seq %u: bad endpoint %u direction %u",
-			       h.base.seqnum, h.base.ep, h.base.direction);
-	} else {
-		on_cmd_submit(c, &h);
+	switch (rc) {
+	case LIBUSB_ERROR_NO_DEVICE:
+		return -ESHUTDOWN;
+	case LIBUSB_ERROR_PIPE:
+		return -EPIPE;
+	case LIBUSB_ERROR_INVALID_PARAM:
+		return -EINVAL;
+	case LIBUSB_ERROR_NO_MEM:
+		return -ENOMEM;
+	case LIBUSB_ERROR_BUSY:
+		return -EBUSY;
+	case LIBUSB_ERROR_NOT_FOUND:
+		return -ENOENT;
+	default:
+		return -EIO;
 	}
 }
 
-/* The current read is complete: act on it and say what to read next. */
-static void on_input(struct conn *c)
+static uint8_t *urb_data(struct urb *u)
 {
-	struct urb *u = c->rxurb;
+	return u->cmd.base.ep == 0 ? u->buf + LIBUSB_CONTROL_SETUP_SIZE
+				   : u->buf;
+}
 
-	switch (c->rx) {
-	case RX_OP_COMMON:
-		on_op_common(c);
-		break;
-	case RX_IMPORT_BUSID:
-		answer_import(c);
-		break;
-	case RX_HEADER:
-		on_header(c);
-		break;
-	case RX_OUT_DATA:
-		if (urb_packets(u) > 0) {
-			expect(c, RX_ISO_DESC, u->iso,
-			       (size_t)u->cmd.u.cmd_submit.number_of_packets *
-			       USBIP_ISO_DESC_SIZE);
-			break;
-		}
-		/* fall through */
-	case RX_ISO_DESC:
-		c->rxurb = NULL;
-		expect(c, RX_HEADER, c->rxbuf, USBIP_HEADER_SIZE);
-		start_urb(u);
-		break;
-	case RX_NONE:
-		break;
+static int urb_packets(const struct urb *u)
+{
+	return u->cmd.u.cmd_submit.number_of_packets;
+}
+
+/* -- replies: RET_SUBMIT and RET_UNLINK -- */
+
+static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
+			     int32_t error_count)
+{
+	struct conn *c = u->conn;
+	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
+	struct usbip_header_ret_submit ret = {
+		.status = status,
+		.actual_length = actual,
+		.start_frame = cmd->start_frame,
+		.number_of_packets = cmd->number_of_packets,
+		.error_count = error_count,
+	};
+	struct msg *m = &u->reply;
+
+	pack_ret_submit(u->head, u->cmd.base.seqnum, &ret);
+	m->urb = u;
+	m->iov[0] = (struct iovec){ u->head, USBIP_HEADER_SIZE };
+	m->iovcnt = 1;
+	if (u->cmd.base.direction == USBIP_DIR_IN && actual > 0)
+		m->iov[m->iovcnt++] = (struct iovec){ urb_data(u), (size_t)actual };
+	if (urb_packets(u) > 0)
+		m->iov[m->iovcnt++] = (struct iovec){
+			u->iso, (size_t)urb_packets(u) * USBIP_ISO_DESC_SIZE };
+	queue_msg(c, m);
+	if (verbose >= 2) {
+		struct usbip_header h = {
+			.base = { .command = USBIP_RET_SUBMIT,
+				  .seqnum = u->cmd.base.seqnum },
+			.u.ret_submit = ret,
+		};
+
+		trace_header(c->peer, &h, -1);
 	}
 }
 
-static int wants_input(const struct conn *c)
+static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
 {
-	return c->fd >= 0 && c->rx != RX_NONE && c->outbytes < OUTQ_LIMIT &&
-	       c->noutq < OUTQ_MSGS &&
-	       c->ninflight + c->nheld < INFLIGHT_LIMIT &&
-	       c->inflight_bytes < INFLIGHT_BYTES;
+	uint8_t head[USBIP_HEADER_SIZE];
+
+	pack_ret_unlink(head, seqnum, status);
+	queue_bytes(c, head, sizeof(head));
+	if (verbose >= 2) {
+		struct usbip_header h = {
+			.base = { .command = USBIP_RET_UNLINK, .seqnum = seqnum },
+			.u.ret_unlink = { .status = status },
+		};
+
+		trace_header(c->peer, &h, -1);
+	}
 }
 
 /*
- * Headers and short payloads come out of a read-ahead buffer, so one
- * read() serves several of them; a large OUT payload is read straight
- * into its transfer buffer.  A short read means the socket is empty, so
- * the next read() waits for poll() instead of failing with EAGAIN.
- * Returns the bytes added to rxdst, as read().
+ * A standalone message owning a copy of its bytes.  Out of memory, the
+ * session ends (once what is queued is out) and the others go on.
  */
-static ssize_t fill_input(struct conn *c)
+static void queue_bytes(struct conn *c, const void *data, size_t len)
 {
-	size_t want = c->rxneed - c->rxhave, n = c->inlen - c->inoff;
-	ssize_t got;
+	struct msg *m = malloc(sizeof(*m) + len);
 
-	if (n == 0 && c->drained) {
-		errno = EAGAIN;	/* poll() says when there is more */
-		return -1;
+	if (!m) {
+		end_after_replies(c, "out of memory");
+		return;
 	}
-	if (n == 0 && want >= sizeof(c->inbuf)) {
-		got = read(c->fd, c->rxdst + c->rxhave, want);
-		c->drained = got >= 0 && (size_t)got < want;
-		return got;
-	}
-	if (n == 0) {
-		got = read(c->fd, c->inbuf, sizeof(c->inbuf));
-		if (got <= 0)
-			return got;
-		c->drained = (size_t)got < sizeof(c->inbuf);
-		c->inoff = 0;
-		c->inlen = n = (size_t)got;
-	}
-	n = n < want ? n : want;
-	memcpy(c->rxdst + c->rxhave, c->inbuf + c->inoff, n);
-	c->inoff += n;
-	return (ssize_t)n;
+	memcpy(m + 1, data, len);
+	m->urb = NULL;
+	m->iov[0].iov_base = m + 1;
+	m->iov[0].iov_len = len;
+	m->iovcnt = 1;
+	queue_msg(c, m);
 }
 
-/* Input already read ahead: poll() would not wake us for it. */
-static int input_waiting(const struct conn *c)
+static void queue_msg(struct conn *c, struct msg *m)
 {
-	return c->inoff < c->inlen && wants_input(c);
+	int i;
+
+	m->next = NULL;
+	*c->outtail = m;
+	c->outtail = &m->next;
+	c->noutq++;
+	for (i = 0; i < m->iovcnt; i++)
+		c->outbytes += m->iov[i].iov_len;
 }
 
-static void read_input(struct conn *c)
-{
-	while (wants_input(c)) {
-		ssize_t n = 0;
-
-		if (c->rxhave < c->rxneed) {
-			n = fill_input(c);
-			if (n == 0) {
-				close_conn(c, c->handle ?
-					   "client closed the connection" :
-					   "client left");
-				return;
-			}
-			if (n < 0) {
-				if (errno != EAGAIN && errno != EINTR)
-					close_conn(c, strerror(errno));
-				return;
-			}
-			c->rxhave += (size_t)n;
-		}
-		if (c->rxhave == c->rxneed)
-			on_input(c);
-	}
-}
-
-/* poll() says the socket has input, or an error or EOF to read. */
-static void read_ready(struct conn *c)
-{
-	c->drained = 0;
-	read_input(c);
-}
-
-/* Drops N written bytes from the front of the queue. */
-static void consume_output(struct conn *c, size_t n)
-{
-	c->outbytes -= n;
-	while (c->outq) {
-		struct msg *m = c->outq;
-		int i;
-
-		for (i = 0; i < m->iovcnt && n > 0; i++) {
-			size_t step = n < m->iov[i].iov_len ? n :
-				      m->iov[i].iov_len;
-
-			m->iov[i].iov_base = (uint8_t *)m->iov[i].iov_base + step;
-			m->iov[i].iov_len -= step;
-			n -= step;
-		}
-		if (m->iov[m->iovcnt - 1].iov_len > 0)
-			return;		/* partly written */
-		c->outq = m->next;
-		if (!c->outq)
-			c->outtail = &c->outq;
-		c->noutq--;
-		free_msg(m);
-	}
-}
+/* -- writing: replies leave in order -- */
 
 #define WRITE_IOVS	64
 
@@ -2475,157 +2086,146 @@ static void write_output(struct conn *c)
 		close_conn(c, NULL);
 }
 
-/* -- who may connect: --allow CIDR[,CIDR...] -- */
-
-struct cidr {
-	int family;
-	uint8_t addr[16];
-	int bits;
-};
-
-static struct cidr *allowed;
-static int nallowed;
-
-static void parse_allow(const char *list)
+/* Drops N written bytes from the front of the queue. */
+static void consume_output(struct conn *c, size_t n)
 {
-	char *copy = strdup(list), *tok, *save = NULL;
+	c->outbytes -= n;
+	while (c->outq) {
+		struct msg *m = c->outq;
+		int i;
 
-	if (!copy)
-		err(1, "strdup");
-	for (tok = strtok_r(copy, ",", &save); tok;
-	     tok = strtok_r(NULL, ",", &save)) {
-		char *slash = strchr(tok, '/'), *end;
-		struct cidr r = { 0 };
-		int max;
+		for (i = 0; i < m->iovcnt && n > 0; i++) {
+			size_t step = n < m->iov[i].iov_len ? n :
+				      m->iov[i].iov_len;
 
-		if (slash)
-			*slash = '\0';
-		if (inet_pton(AF_INET, tok, r.addr) == 1)
-			r.family = AF_INET, max = 32;
-		else if (inet_pton(AF_INET6, tok, r.addr) == 1)
-			r.family = AF_INET6, max = 128;
-		else
-			errx(1, "--allow: %s is not an IPv4 or IPv6 address",
-			     tok);
-		r.bits = max;
-		if (slash) {
-			long bits = strtol(slash + 1, &end, 10);
-
-			if (slash[1] == '\0' || *end != '\0' || bits < 0 ||
-			    bits > max)
-				errx(1, "--allow: bad prefix length /%s",
-				     slash + 1);
-			r.bits = (int)bits;
+			m->iov[i].iov_base = (uint8_t *)m->iov[i].iov_base + step;
+			m->iov[i].iov_len -= step;
+			n -= step;
 		}
-		allowed = realloc(allowed, (size_t)(nallowed + 1) *
-				  sizeof(*allowed));
-		if (!allowed)
-			err(1, "realloc");
-		allowed[nallowed++] = r;
+		if (m->iov[m->iovcnt - 1].iov_len > 0)
+			return;		/* partly written */
+		c->outq = m->next;
+		if (!c->outq)
+			c->outtail = &c->outq;
+		c->noutq--;
+		free_msg(m);
 	}
-	free(copy);
 }
 
-static int prefix_matches(const uint8_t *a, const uint8_t *b, int bits)
+static void free_msg(struct msg *m)
 {
-	int full = bits / 8, rest = bits % 8;
-
-	if (memcmp(a, b, (size_t)full) != 0)
-		return 0;
-	return rest == 0 || ((a[full] ^ b[full]) & (0xff00 >> rest)) == 0;
+	if (m->urb)
+		put_urb(m->urb);
+	else
+		free(m);
 }
 
-static int is_allowed(const struct sockaddr *sa)
-{
-	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
-	const uint8_t *addr;
-	int family = sa->sa_family, i;
+/* -- the end of a session -- */
 
-	if (nallowed == 0)
-		return 1;
-	if (family == AF_INET) {
-		addr = (const uint8_t *)
-		    &((const struct sockaddr_in *)sa)->sin_addr;
-	} else if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
-		family = AF_INET;
-		addr = sin6->sin6_addr.s6_addr + 12;
-	} else {
-		addr = sin6->sin6_addr.s6_addr;
-	}
-	for (i = 0; i < nallowed; i++)
-		if (allowed[i].family == family &&
-		    prefix_matches(addr, allowed[i].addr, allowed[i].bits))
-			return 1;
-	return 0;
+/* Stops reading; the connection closes once its replies are written. */
+static void end_after_replies(struct conn *c, const char *why)
+{
+	if (!c->end_reason)
+		c->end_reason = why;
+	c->rx = RX_NONE;
 }
 
-/* A new client: it has HANDSHAKE_MS to send its whole request. */
-static void add_conn(int rfd, int wfd, const char *peer)
+/* A protocol violation: one line naming the peer, and the session ends. */
+static void protocol_error(struct conn *c, const char *fmt, ...)
 {
-	struct conn *c = calloc(1, sizeof(*c));
+	static char why[160];
+	va_list ap;
 
-	if (!c) {
-		warnx("%s: refused: out of memory", peer);
-		close(rfd);
-		if (wfd != rfd)
-			close(wfd);
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	if (!c->handle)		/* close_conn() logs only sessions */
+		warnx("%s: %s", c->peer, why);
+	c->end_reason = why;	/* the violation, whatever came before */
+	close_conn(c, NULL);
+}
+
+/*
+ * Closing the socket is what tells vhci_hcd the device is gone.  Transfers
+ * still in libusb are cancelled here; the connection is freed by
+ * reap_conns() once the last of them has called back.
+ */
+static void close_conn(struct conn *c, const char *why)
+{
+	struct urb *u;
+
+	if (c->fd < 0)
 		return;
+	if (!c->end_reason)
+		c->end_reason = why;
+	if (c->handle || verbose)
+		warnx("%s: session%s%s ended: %s", c->peer,
+		      c->handle ? " for " : "", c->handle ? c->busid : "",
+		      c->end_reason ? c->end_reason : "done");
+	close(c->fd);
+	if (c->wfd != c->fd)
+		close(c->wfd);
+	c->fd = c->wfd = -1;
+	c->rx = RX_NONE;
+	while (c->outq) {
+		struct msg *m = c->outq;
+
+		c->outq = m->next;
+		free_msg(m);
 	}
-	c->fd = rfd;
-	c->wfd = wfd;
-	set_nonblocking(rfd);
-	set_nonblocking(wfd);
 	c->outtail = &c->outq;
-	c->ep0_tail = &c->ep0_held;
-	snprintf(c->peer, sizeof(c->peer), "%s", peer);
-	expect(c, RX_OP_COMMON, c->rxbuf, OP_COMMON_SIZE);
-	c->deadline_ms = now_ms() + HANDSHAKE_MS;
-	c->next = conns;
-	conns = c;
-	debug(1, "%s: connected", c->peer);
+	c->outbytes = c->noutq = 0;
+	if (c->rxurb) {
+		put_urb(c->rxurb);
+		c->rxurb = NULL;
+	}
+	while (c->ep0_held)
+		put_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
+	for (u = c->inflight; u; u = u->next)
+		libusb_cancel_transfer(u->xfer);
 }
 
-static int count_conns(void)
+/* Frees connections that are closed and have no transfer left in libusb;
+ * returns how many. */
+static int reap_conns(void)
 {
-	struct conn *c;
+	struct conn **pp = &conns;
 	int n = 0;
 
-	for (c = conns; c; c = c->next)
+	while (*pp) {
+		struct conn *c = *pp;
+
+		if (c->fd >= 0 || c->ninflight > 0) {
+			pp = &c->next;
+			continue;
+		}
+		drop_spares(c);
+		if (c->handle)
+			give_back_device(c);
+		*pp = c->next;
+		free(c);
 		n++;
+	}
 	return n;
 }
 
-/* Returns -1 when the process or the system is out of descriptors. */
-static int accept_client(int lfd)
+/*
+ * Reset first, while the interfaces are still ours (libusb re-claims them
+ * across the reset), so the device leaves in a clean state; then release
+ * and let the kernel rebind its drivers.
+ */
+static void give_back_device(struct conn *c)
 {
-	static int said_full;
-	struct sockaddr_storage sa;
-	socklen_t len = sizeof(sa);
-	char peer[80];
-	int fd = accept4(lfd, (struct sockaddr *)&sa, &len,
-			 SOCK_NONBLOCK | SOCK_CLOEXEC);
+	int rc = libusb_reset_device(c->handle);
 
-	if (fd < 0)
-		return errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-		       errno == ENOMEM ? -1 : 0;
-	format_peer((struct sockaddr *)&sa, peer, sizeof(peer));
-	if (!is_allowed((struct sockaddr *)&sa)) {
-		warnx("%s: refused: not in --allow", peer);
-		close(fd);
-		return 0;
-	}
-	if (count_conns() >= MAX_CONNS) {
-		if (!said_full)
-			warnx("%s: refused: %d connections already", peer,
-			      MAX_CONNS);
-		said_full = 1;
-		close(fd);
-		return 0;
-	}
-	said_full = 0;
-	set_tcp_options(fd);
-	add_conn(fd, fd, peer);
-	return 0;
+	/* Gone, or enumerated anew: the kernel binds the new one itself. */
+	if (rc != 0 && rc != LIBUSB_ERROR_NOT_FOUND &&
+	    rc != LIBUSB_ERROR_NO_DEVICE)
+		warnx("%s: cannot reset %s (%s): giving it back as it is",
+		      c->peer, c->busid, libusb_strerror(rc));
+	give_back_interfaces(c->handle);
+	close_device(c);
+	debug(1, "%s: %s given back to its kernel driver", c->peer, c->busid);
 }
 
 /* A client that connects and then says nothing must not hold a slot. */
@@ -2664,29 +2264,39 @@ static void end_unplugged_sessions(void)
 			end_after_replies(c, "device unplugged");
 }
 
-/* Frees connections that are closed and have no transfer left in libusb;
- * returns how many. */
-static int reap_conns(void)
-{
-	struct conn **pp = &conns;
-	int n = 0;
+/* ==== the server's event loop ============================================ */
 
-	while (*pp) {
-		struct conn *c = *pp;
+#define MAX_LISTENERS	8
+#define ACCEPT_PAUSE_MS	1000	/* out of descriptors: listeners rest */
+#define SHUTDOWN_MS	5000
+#define REDIAL_MAX_MS	30000
 
-		if (c->fd >= 0 || c->ninflight > 0) {
-			pp = &c->next;
-			continue;
-		}
-		drop_spares(c);
-		if (c->handle)
-			give_back_device(c);
-		*pp = c->next;
-		free(c);
-		n++;
-	}
-	return n;
-}
+/* How serve meets its clients. */
+struct serve_opts {
+	const char *addr, *port;	/* listen here (the default) */
+	const char *dial;		/* --connect HOST[:PORT]: dial out */
+	int stdio;			/* --stdio: one session, stdin/stdout */
+	long busy_poll_us;		/* --busy-poll: spin after events */
+};
+
+/* --busy-poll's window (see "making it fast"). */
+struct busy_poll {
+	long usec;			/* the window; 0: off */
+	long long until_us;		/* open until then */
+};
+
+struct server {
+	const struct serve_opts *o;
+	int lfd[MAX_LISTENERS], nlfd;
+	long long stop_by_ms;		/* set when stopping: give up then */
+	long long redial_ms;		/* --connect: next attempt */
+	int backoff_ms;
+	long long accept_again_ms;	/* out of descriptors: 0 or when */
+	int out_of_fds;			/* ... and said so */
+	struct pollfd *pfd;		/* this round's poll set: */
+	struct conn **pconn;		/*   the connection of each entry */
+	size_t n, cap, nusb;
+};
 
 static void on_signal(int sig)
 {
@@ -2711,6 +2321,7 @@ static void catch_stop_signals(sigset_t *unblocked)
 
 /* libusb's descriptors change only as devices open and close. */
 static const struct libusb_pollfd **usb_fds;
+
 static int usb_fds_stale = 1;
 
 static void LIBUSB_CALL usb_fd_added(int fd, short events, void *arg)
@@ -2749,135 +2360,63 @@ static void open_usb(void)
 	}
 }
 
-#define MAX_LISTENERS	8
-#define ACCEPT_PAUSE_MS	1000	/* out of descriptors: listeners rest */
-#define SHUTDOWN_MS	5000
-#define REDIAL_MAX_MS	30000
-
-/* How serve meets its clients. */
-struct serve_opts {
-	const char *addr, *port;	/* listen here (the default) */
-	const char *dial;		/* --connect HOST[:PORT]: dial out */
-	int stdio;			/* --stdio: one session, stdin/stdout */
-	long busy_poll_us;		/* --busy-poll: spin after events */
-};
-
-struct server {
-	const struct serve_opts *o;
-	int lfd[MAX_LISTENERS], nlfd;
-	long long stop_by_ms;		/* set when stopping: give up then */
-	long long redial_ms;		/* --connect: next attempt */
-	int backoff_ms;
-	long long accept_again_ms;	/* out of descriptors: 0 or when */
-	int out_of_fds;			/* ... and said so */
-	struct pollfd *pfd;		/* this round's poll set: */
-	struct conn **pconn;		/*   the connection of each entry */
-	size_t n, cap, nusb;
-};
-
-static void pollset_add(struct server *sv, int fd, short events,
-			struct conn *c)
+static int serve(const struct serve_opts *o)
 {
-	if (sv->n == sv->cap) {
-		sv->cap = sv->cap ? sv->cap * 2 : 64;
-		sv->pfd = realloc(sv->pfd, sv->cap * sizeof(*sv->pfd));
-		sv->pconn = realloc(sv->pconn, sv->cap * sizeof(*sv->pconn));
-		if (!sv->pfd || !sv->pconn)
-			err(1, "realloc");
+	struct server sv = { .o = o, .backoff_ms = 1000 };
+	struct busy_poll busy = { .usec = o->busy_poll_us };
+	sigset_t unblocked;
+
+	open_usb();
+	catch_stop_signals(&unblocked);
+	if (o->stdio) {
+		add_conn(STDIN_FILENO, STDOUT_FILENO, "stdio");
+	} else if (!o->dial) {
+		sv.nlfd = listen_on(o->addr, o->port, sv.lfd, MAX_LISTENERS);
+		warnx("serving on port %s", o->port);
 	}
-	sv->pfd[sv->n] = (struct pollfd){ fd, events, 0 };
-	sv->pconn[sv->n++] = c;
-}
 
-/* Listeners first, then every client, then libusb's descriptors. */
-static void build_pollset(struct server *sv)
-{
-	const struct libusb_pollfd **ufds;
-	struct conn *c;
-	int i;
+	for (;;) {
+		struct timespec tv, *timeout = NULL;
+		int wait_ms, ready;
 
-	if (usb && usb_fds_stale) {
-		libusb_free_pollfds(usb_fds);
-		usb_fds = libusb_get_pollfds(usb);
-		usb_fds_stale = 0;
-	}
-	ufds = usb_fds;
-
-	sv->n = 0;
-	for (i = 0; i < sv->nlfd && !sv->accept_again_ms; i++)
-		pollset_add(sv, sv->lfd[i], POLLIN, NULL);
-	for (c = conns; c; c = c->next) {
-		if (c->fd < 0)
-			continue;
-		if (c->wfd == c->fd) {
-			pollset_add(sv, c->fd, (short)((wants_input(c) ?
-				    POLLIN : 0) | (c->outq ? POLLOUT : 0)), c);
-			continue;
+		if (stop_requested && !sv.stop_by_ms)
+			begin_stop(&sv);
+		resume_accepting(&sv, reap_conns());
+		if (finished(&sv))
+			break;
+		if (o->dial && !stop_requested)
+			redial(&sv);
+		wait_ms = busy_poll_wait(&busy, next_wakeup_ms(&sv));
+		if (wait_ms >= 0) {
+			tv.tv_sec = wait_ms / 1000;
+			tv.tv_nsec = wait_ms % 1000 * 1000000L;
+			timeout = &tv;
 		}
-		pollset_add(sv, c->fd, wants_input(c) ? POLLIN : 0, c);
-		if (c->outq)
-			pollset_add(sv, c->wfd, POLLOUT, c);
+		build_pollset(&sv);
+		ready = ppoll(sv.pfd, sv.n, timeout, &unblocked);
+		if (ready < 0 && errno != EINTR)
+			err(1, "poll");
+		busy_poll_after(&busy, ready, wait_ms);
+		dispatch(&sv, ready);
 	}
-	sv->nusb = 0;
-	for (i = 0; ufds && ufds[i]; i++, sv->nusb++)
-		pollset_add(sv, ufds[i]->fd, ufds[i]->events, NULL);
+	free(sv.pfd);
+	free(sv.pconn);
+	libusb_free_pollfds(usb_fds);
+	if (usb)
+		libusb_exit(usb);
+	return 0;
 }
 
-static void begin_stop(struct server *sv)
+/* Whether the loop is over: stopped and drained, or the one session gone. */
+static int finished(struct server *sv)
 {
-	struct conn *c;
-	int i;
-
-	warnx("stopping: ending every session");
-	for (i = 0; i < sv->nlfd; i++)
-		close(sv->lfd[i]);
-	sv->nlfd = 0;
-	for (c = conns; c; c = c->next)
-		close_conn(c, "server stopping");
-	sv->stop_by_ms = now_ms() + SHUTDOWN_MS;
-}
-
-/* --connect: the device side dials out, retrying with backoff. */
-static void redial(struct server *sv)
-{
-	char host[256], port[32], peer[300], why[512];
-	int fd;
-
-	if (conns || now_ms() < sv->redial_ms)
-		return;
-	split_host_port(sv->o->dial, host, sizeof(host), port, sizeof(port));
-	name_peer(host, port, peer, sizeof(peer));
-	fd = try_dial(host, port, why, sizeof(why));
-	if (fd >= 0) {
-		add_conn(fd, fd, peer);
-		sv->backoff_ms = 1000;
-		return;
+	if (stop_requested && !conns)
+		return 1;
+	if (stop_requested && now_ms() > sv->stop_by_ms) {
+		warnx("transfers did not finish in time");
+		return 1;
 	}
-	warnx("%s; again in %d s", why, sv->backoff_ms / 1000);
-	sv->redial_ms = now_ms() + sv->backoff_ms;
-	sv->backoff_ms = sv->backoff_ms * 2 > REDIAL_MAX_MS ? REDIAL_MAX_MS :
-			 sv->backoff_ms * 2;
-}
-
-/*
- * Out of descriptors, accept() fails and leaves the connection queued, so
- * the listener stays readable and poll() would return at once, forever.
- * The listeners rest instead, for ACCEPT_PAUSE_MS or until a session
- * ends and frees a descriptor; the sessions there are go on.
- */
-static void pause_accepting(struct server *sv)
-{
-	if (!sv->out_of_fds)
-		warnx("cannot accept connections: %s; new clients wait",
-		      strerror(errno));
-	sv->out_of_fds = 1;
-	sv->accept_again_ms = now_ms() + ACCEPT_PAUSE_MS;
-}
-
-static void resume_accepting(struct server *sv, int freed)
-{
-	if (sv->accept_again_ms && (freed || now_ms() >= sv->accept_again_ms))
-		sv->accept_again_ms = 0;
+	return sv->o->stdio && !conns;
 }
 
 /* How long poll may sleep: -1 for as long as it takes. */
@@ -2950,66 +2489,207 @@ static void dispatch(struct server *sv, int ready)
 			read_input(c);
 }
 
-/* Whether the loop is over: stopped and drained, or the one session gone. */
-static int finished(struct server *sv)
+static void pollset_add(struct server *sv, int fd, short events,
+			struct conn *c)
 {
-	if (stop_requested && !conns)
-		return 1;
-	if (stop_requested && now_ms() > sv->stop_by_ms) {
-		warnx("transfers did not finish in time");
-		return 1;
+	if (sv->n == sv->cap) {
+		sv->cap = sv->cap ? sv->cap * 2 : 64;
+		sv->pfd = realloc(sv->pfd, sv->cap * sizeof(*sv->pfd));
+		sv->pconn = realloc(sv->pconn, sv->cap * sizeof(*sv->pconn));
+		if (!sv->pfd || !sv->pconn)
+			err(1, "realloc");
 	}
-	return sv->o->stdio && !conns;
+	sv->pfd[sv->n] = (struct pollfd){ fd, events, 0 };
+	sv->pconn[sv->n++] = c;
 }
 
-static int serve(const struct serve_opts *o)
+/* Listeners first, then every client, then libusb's descriptors. */
+static void build_pollset(struct server *sv)
 {
-	struct server sv = { .o = o, .backoff_ms = 1000 };
-	struct busy_poll busy = { .usec = o->busy_poll_us };
-	sigset_t unblocked;
+	const struct libusb_pollfd **ufds;
+	struct conn *c;
+	int i;
 
-	open_usb();
-	catch_stop_signals(&unblocked);
-	if (o->stdio) {
-		add_conn(STDIN_FILENO, STDOUT_FILENO, "stdio");
-	} else if (!o->dial) {
-		sv.nlfd = listen_on(o->addr, o->port, sv.lfd, MAX_LISTENERS);
-		warnx("serving on port %s", o->port);
+	if (usb && usb_fds_stale) {
+		libusb_free_pollfds(usb_fds);
+		usb_fds = libusb_get_pollfds(usb);
+		usb_fds_stale = 0;
 	}
+	ufds = usb_fds;
 
-	for (;;) {
-		struct timespec tv, *timeout = NULL;
-		int wait_ms, ready;
-
-		if (stop_requested && !sv.stop_by_ms)
-			begin_stop(&sv);
-		resume_accepting(&sv, reap_conns());
-		if (finished(&sv))
-			break;
-		if (o->dial && !stop_requested)
-			redial(&sv);
-		wait_ms = busy_poll_wait(&busy, next_wakeup_ms(&sv));
-		if (wait_ms >= 0) {
-			tv.tv_sec = wait_ms / 1000;
-			tv.tv_nsec = wait_ms % 1000 * 1000000L;
-			timeout = &tv;
+	sv->n = 0;
+	for (i = 0; i < sv->nlfd && !sv->accept_again_ms; i++)
+		pollset_add(sv, sv->lfd[i], POLLIN, NULL);
+	for (c = conns; c; c = c->next) {
+		if (c->fd < 0)
+			continue;
+		if (c->wfd == c->fd) {
+			pollset_add(sv, c->fd, (short)((wants_input(c) ?
+				    POLLIN : 0) | (c->outq ? POLLOUT : 0)), c);
+			continue;
 		}
-		build_pollset(&sv);
-		ready = ppoll(sv.pfd, sv.n, timeout, &unblocked);
-		if (ready < 0 && errno != EINTR)
-			err(1, "poll");
-		busy_poll_after(&busy, ready, wait_ms);
-		dispatch(&sv, ready);
+		pollset_add(sv, c->fd, wants_input(c) ? POLLIN : 0, c);
+		if (c->outq)
+			pollset_add(sv, c->wfd, POLLOUT, c);
 	}
-	free(sv.pfd);
-	free(sv.pconn);
-	libusb_free_pollfds(usb_fds);
-	if (usb)
-		libusb_exit(usb);
-	return 0;
+	sv->nusb = 0;
+	for (i = 0; ufds && ufds[i]; i++, sv->nusb++)
+		pollset_add(sv, ufds[i]->fd, ufds[i]->events, NULL);
 }
 
-/* ---- the client: hand the socket to vhci_hcd ------------------------- */
+static void begin_stop(struct server *sv)
+{
+	struct conn *c;
+	int i;
+
+	warnx("stopping: ending every session");
+	for (i = 0; i < sv->nlfd; i++)
+		close(sv->lfd[i]);
+	sv->nlfd = 0;
+	for (c = conns; c; c = c->next)
+		close_conn(c, "server stopping");
+	sv->stop_by_ms = now_ms() + SHUTDOWN_MS;
+}
+
+/*
+ * Out of descriptors, accept() fails and leaves the connection queued, so
+ * the listener stays readable and poll() would return at once, forever.
+ * The listeners rest instead, for ACCEPT_PAUSE_MS or until a session
+ * ends and frees a descriptor; the sessions there are go on.
+ */
+static void pause_accepting(struct server *sv)
+{
+	if (!sv->out_of_fds)
+		warnx("cannot accept connections: %s; new clients wait",
+		      strerror(errno));
+	sv->out_of_fds = 1;
+	sv->accept_again_ms = now_ms() + ACCEPT_PAUSE_MS;
+}
+
+static void resume_accepting(struct server *sv, int freed)
+{
+	if (sv->accept_again_ms && (freed || now_ms() >= sv->accept_again_ms))
+		sv->accept_again_ms = 0;
+}
+
+/* ==== the client: import a device into vhci_hcd ========================== */
+
+/* -- the client's half of the handshake -- */
+
+/* The server's half is answer_devlist() and answer_import(); the
+ * client's is blocking and one-shot. */
+
+static const char *op_status_name(uint32_t status)
+{
+	static const char *names[] = {
+		[ST_OK] = "ok",
+		[ST_NA] = "not available",
+		[ST_DEV_BUSY] = "device busy (imported by someone else)",
+		[ST_DEV_ERR] = "device error on the server",
+		[ST_NODEV] = "no such device",
+		[ST_ERROR] = "server error",
+	};
+
+	return status < sizeof(names) / sizeof(names[0]) ? names[status]
+							  : "unknown status";
+}
+
+static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
+			   struct op_common *op)
+{
+	unpack_op_common(p, op);
+	if (op->version != USBIP_VERSION)
+		errx(1, "%s: speaks USB/IP version %x.%02x, not 1.11", peer,
+		     op->version >> 8, op->version & 0xff);
+	if (op->code != code)
+		errx(1, "%s: answered with op code 0x%04x, expected 0x%04x",
+		     peer, op->code, code);
+}
+
+/* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
+ * the socket for vhci_hcd to misread as a RET_SUBMIT. */
+static void request_import(int rfd, int wfd, const char *busid,
+			   const char *peer, struct usbip_usb_device *rec)
+{
+	uint8_t req[OP_REQ_IMPORT_SIZE], rep[OP_REP_IMPORT_SIZE];
+	char text[ESCAPED(SYSFS_BUS_ID_SIZE)];
+	struct op_common op;
+
+	pack_import_request(req, busid);
+	write_all(wfd, req, sizeof(req), peer);
+	read_exact(rfd, rep, OP_COMMON_SIZE, peer);
+	check_op_reply(rep, OP_REP_IMPORT, peer, &op);
+	if (op.status == ST_NODEV)
+		errx(1, "busid %s not offered by %s", busid, peer);
+	if (op.status != ST_OK)
+		errx(1, "%s refused busid %s: %s", peer, busid,
+		     op_status_name(op.status));
+	read_exact(rfd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer);
+	unpack_device(rep + OP_COMMON_SIZE, rec);
+	if (strncmp(rec->busid, busid, SYSFS_BUS_ID_SIZE) != 0)
+		errx(1, "%s answered for busid %s, not %s", peer,
+		     printable(rec->busid, sizeof(rec->busid), text), busid);
+	/* vhci_hcd refuses a speed it does not know, with EINVAL alone. */
+	if (rec->speed < USB_SPEED_LOW || rec->speed > USB_SPEED_SUPER_PLUS)
+		errx(1, "%s reported an unknown speed %u for busid %s", peer,
+		     rec->speed, busid);
+}
+
+static void request_devlist(int fd, const char *peer)
+{
+	uint8_t buf[USBIP_DEVICE_SIZE];
+	struct op_common op;
+	uint32_t ndev, i;
+
+	pack_op_common(buf, OP_REQ_DEVLIST, ST_OK);
+	write_all(fd, buf, OP_COMMON_SIZE, peer);
+	/* A refusal is op_common alone: the count follows only an OK. */
+	read_exact(fd, buf, OP_COMMON_SIZE, peer);
+	check_op_reply(buf, OP_REP_DEVLIST, peer, &op);
+	if (op.status != ST_OK)
+		errx(1, "%s refused the device list: %s", peer,
+		     op_status_name(op.status));
+	read_exact(fd, buf, 4, peer);
+	ndev = get32(buf);
+	for (i = 0; i < ndev; i++) {
+		struct usbip_usb_device d;
+		struct usbip_usb_interface ifs[256];
+		uint8_t raw[USBIP_INTERFACE_SIZE];
+		int j;
+
+		read_exact(fd, buf, USBIP_DEVICE_SIZE, peer);
+		unpack_device(buf, &d);
+		for (j = 0; j < d.bNumInterfaces; j++) {
+			read_exact(fd, raw, sizeof(raw), peer);
+			unpack_interface(raw, &ifs[j]);
+		}
+		print_device_line(&d, ifs, d.bNumInterfaces, "");
+	}
+	if (ndev == 0)
+		printf("%s offers no devices\n", peer);
+}
+
+static void print_device_line(const struct usbip_usb_device *d,
+			      const struct usbip_usb_interface *ifs, int nifs,
+			      const char *product)
+{
+	uint8_t cls = d->bDeviceClass, sub = d->bDeviceSubClass,
+		proto = d->bDeviceProtocol;
+	char busid[ESCAPED(SYSFS_BUS_ID_SIZE)], name[ESCAPED(128)];
+
+	/* Class 0 means "see the interfaces": show the first one's. */
+	if (cls == 0 && nifs > 0) {
+		cls = ifs[0].bInterfaceClass;
+		sub = ifs[0].bInterfaceSubClass;
+		proto = ifs[0].bInterfaceProtocol;
+	}
+	printf("%-12s %04x:%04x  %-7s %02x/%02x/%02x  %s\n",
+	       printable(d->busid, sizeof(d->busid), busid), d->idVendor,
+	       d->idProduct, speed_name(d->speed), cls, sub, proto,
+	       printable(product, 128, name));
+}
+
+/* -- vhci_hcd: the kernel takes the socket -- */
 
 #define VHCI_STATE_FREE	4	/* VDEV_ST_NULL in the kernel's vhci.h */
 #define VHCI_PORTS_MAX	256	/* every controller's, read at once */
@@ -3203,6 +2883,8 @@ static int attach_to_vhci(const char *dir, int fd,
 	     "super-speed" : "high-speed");
 }
 
+/* -- attach, port, detach -- */
+
 /* Where the imported device comes from: a socket, or --via's pipes. */
 struct link {
 	int rfd, wfd;
@@ -3219,71 +2901,6 @@ struct attach_opts {
 	long busy_poll_us;		/* --busy-poll, for the --via relay */
 };
 
-/* --listen: the device side dials us (it is behind NAT, say). */
-static void accept_one(const char *where, struct link *l)
-{
-	char addr[256], port[32];
-	struct sockaddr_storage sa;
-	socklen_t len = sizeof(sa);
-	int lfd[MAX_LISTENERS], n, i, fd = -1;
-	struct pollfd pfd[MAX_LISTENERS];
-
-	/* "PORT" or "ADDR:PORT": a lone number is a port here. */
-	if (strspn(where, "0123456789") == strlen(where))
-		snprintf(addr, sizeof(addr), "*:%s", where);
-	else
-		snprintf(addr, sizeof(addr), "%s", where);
-	split_host_port(addr, l->host, sizeof(l->host), port, sizeof(port));
-	n = listen_on(strcmp(l->host, "*") ? l->host : NULL, port, lfd,
-		      MAX_LISTENERS);
-	for (i = 0; i < n; i++)
-		pfd[i] = (struct pollfd){ lfd[i], POLLIN, 0 };
-	debug(1, "waiting for a server to dial port %s", port);
-	while (fd < 0) {
-		if (poll(pfd, (nfds_t)n, -1) < 0 && errno != EINTR)
-			err(1, "poll");
-		for (i = 0; i < n && fd < 0; i++)
-			if (pfd[i].revents)
-				fd = accept4(lfd[i], (struct sockaddr *)&sa,
-					     &len, SOCK_CLOEXEC);
-	}
-	for (i = 0; i < n; i++)
-		close(lfd[i]);
-	set_blocking(fd);
-	set_tcp_options(fd);
-	format_peer((struct sockaddr *)&sa, l->peer, sizeof(l->peer));
-	/* The record names the peer the way `usbip port` prints it. */
-	split_host_port(l->peer, l->host, sizeof(l->host), l->service,
-			sizeof(l->service));
-	l->rfd = l->wfd = fd;
-}
-
-/* --via: run COMMAND with its stdin and stdout as our two pipes. */
-static void spawn_via(const char *command, struct link *l)
-{
-	int in[2], out[2];
-
-	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0)
-		err(1, "pipe");
-	l->child = fork();
-	if (l->child < 0)
-		err(1, "fork");
-	if (l->child == 0) {
-		dup2(in[0], STDIN_FILENO);
-		dup2(out[1], STDOUT_FILENO);
-		execl("/bin/sh", "sh", "-c", command, (char *)NULL);
-		err(127, "/bin/sh");
-	}
-	close(in[0]);
-	close(out[1]);
-	l->wfd = in[1];
-	l->rfd = out[0];
-	io_timeout_ms = VIA_TIMEOUT_MS;
-	snprintf(l->peer, sizeof(l->peer), "'%s'", command);
-	snprintf(l->host, sizeof(l->host), "via");
-	snprintf(l->service, sizeof(l->service), "relay");
-}
-
 static void open_link(const struct attach_opts *o, struct link *l)
 {
 	memset(l, 0, sizeof(*l));
@@ -3297,211 +2914,6 @@ static void open_link(const struct attach_opts *o, struct link *l)
 		name_peer(l->host, l->service, l->peer, sizeof(l->peer));
 		l->rfd = l->wfd = dial(l->host, l->service);
 	}
-}
-
-/* ---- the --via relay: vhci_hcd's socket <-> the command's pipes ------ */
-
-/*
- * vhci_hcd must be given a socket, so with --via it gets one end of a
- * socketpair and we copy bytes between the other end and the pipes.  The
- * copy reads the framing as it passes: that is what -vv prints, and a
- * stream that stops making sense ends the session instead of confusing
- * the kernel.
- */
-struct pending {			/* a command awaiting its reply */
-	uint32_t seqnum;
-	uint32_t command;		/* USBIP_CMD_SUBMIT or USBIP_CMD_UNLINK */
-	uint32_t value;			/* its direction, or the unlinked seqnum */
-};
-
-struct framer {
-	const char *who;
-	uint8_t head[USBIP_HEADER_SIZE];
-	size_t have;			/* header bytes so far */
-	uint64_t skip;			/* payload bytes still to pass */
-};
-
-static struct pending *pending;
-static size_t npending, pending_cap;
-
-static void remember(uint32_t seqnum, uint32_t command, uint32_t value)
-{
-	if (npending == pending_cap) {
-		pending_cap = pending_cap ? pending_cap * 2 : 64;
-		pending = realloc(pending, pending_cap * sizeof(*pending));
-		if (!pending)
-			err(1, "realloc");
-	}
-	pending[npending++] = (struct pending){ seqnum, command, value };
-}
-
-/* Forgets the command SEQNUM; returns its value, or -1 if unknown. */
-static int64_t forget(uint32_t seqnum, uint32_t command)
-{
-	size_t i;
-
-	for (i = 0; i < npending; i++) {
-		if (pending[i].seqnum == seqnum &&
-		    pending[i].command == command) {
-			int64_t value = pending[i].value;
-
-			pending[i] = pending[--npending];
-			return value;
-		}
-	}
-	return -1;
-}
-
-/* How many bytes follow a header; -1 if the header makes no sense. */
-static int64_t payload_after(const struct usbip_header *h)
-{
-	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
-	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
-	int64_t iso, dir, victim;
-
-	switch (h->base.command) {
-	case USBIP_CMD_SUBMIT:
-		if (cmd->transfer_buffer_length < 0)
-			return -1;
-		remember(h->base.seqnum, USBIP_CMD_SUBMIT, h->base.direction);
-		iso = cmd->number_of_packets > 0 ?
-		      (int64_t)cmd->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
-		return (h->base.direction == USBIP_DIR_OUT ?
-			cmd->transfer_buffer_length : 0) + iso;
-	case USBIP_RET_SUBMIT:
-		/* RET_SUBMIT carries no direction: its CMD_SUBMIT had it. */
-		dir = forget(h->base.seqnum, USBIP_CMD_SUBMIT);
-		if (dir < 0 || ret->actual_length < 0)
-			return -1;
-		iso = ret->number_of_packets > 0 ?
-		      (int64_t)ret->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
-		return (dir == USBIP_DIR_IN ? ret->actual_length : 0) + iso;
-	case USBIP_CMD_UNLINK:
-		remember(h->base.seqnum, USBIP_CMD_UNLINK,
-			 h->u.cmd_unlink.seqnum);
-		return 0;
-	case USBIP_RET_UNLINK:
-		/* The unlinked URB gets no RET_SUBMIT if this says so. */
-		victim = forget(h->base.seqnum, USBIP_CMD_UNLINK);
-		if (victim >= 0 && h->u.ret_unlink.status != 0)
-			forget((uint32_t)victim, USBIP_CMD_SUBMIT);
-		return 0;
-	default:
-		return -1;
-	}
-}
-
-/* Follows the framing of N bytes passing through; 0 while it makes sense. */
-static int frame(struct framer *f, const uint8_t *p, size_t n)
-{
-	while (n > 0) {
-		size_t step;
-
-		if (f->skip > 0) {
-			step = n < f->skip ? n : (size_t)f->skip;
-			f->skip -= step;
-		} else {
-			struct usbip_header h;
-			int64_t more;
-
-			step = USBIP_HEADER_SIZE - f->have;
-			step = n < step ? n : step;
-			memcpy(f->head + f->have, p, step);
-			f->have += step;
-			if (f->have == USBIP_HEADER_SIZE) {
-				f->have = 0;
-				unpack_header(f->head, &h);
-				trace_header(f->who, &h, -1);
-				more = payload_after(&h);
-				if (more < 0) {
-					warnx("%s: broken stream at seq %u "
-					      "(command %u)", f->who,
-					      h.base.seqnum, h.base.command);
-					return -1;
-				}
-				f->skip = (uint64_t)more;
-			}
-		}
-		p += step;
-		n -= step;
-	}
-	return 0;
-}
-
-enum pumped { PUMPED, PUMP_EOF, PUMP_READ_ERROR, PUMP_BROKEN,
-	      PUMP_WRITE_ERROR };
-
-/* Copies what FROM has into TO; says how that went (errno with errors). */
-static enum pumped pump(int from, int to, struct framer *f)
-{
-	uint8_t buf[65536];
-	ssize_t n = read(from, buf, sizeof(buf));
-
-	if (n < 0)
-		return errno == EINTR ? PUMPED : PUMP_READ_ERROR;
-	if (n == 0)
-		return PUMP_EOF;
-	if (frame(f, buf, (size_t)n) != 0)
-		return PUMP_BROKEN;	/* frame() said why */
-	return write_fully(to, buf, (size_t)n) == 0 ? PUMPED :
-						      PUMP_WRITE_ERROR;
-}
-
-/* Returns 0 when vhci_hcd ended the session (detach), 1 otherwise. */
-static int relay(int vhci, const struct link *l, long busy_poll_us)
-{
-	struct busy_poll busy = { .usec = busy_poll_us };
-	struct framer to_server = { .who = l->peer },
-		      to_vhci = { .who = l->peer };
-	struct pollfd pfd[2] = {
-		{ .fd = vhci, .events = POLLIN },
-		{ .fd = l->rfd, .events = POLLIN },
-	};
-	enum pumped r;
-
-	for (;;) {
-		int wait_ms = busy_poll_wait(&busy, -1),
-		    ready = poll(pfd, 2, wait_ms);
-
-		busy_poll_after(&busy, ready, wait_ms);
-		if (ready < 0) {
-			if (errno == EINTR && !stop_requested)
-				continue;
-			return 1;
-		}
-		/* vhci_hcd's side: its end closes when the port detaches. */
-		r = pfd[0].revents ? pump(vhci, l->wfd, &to_server) : PUMPED;
-		if (r == PUMP_EOF || r == PUMP_READ_ERROR)
-			return 0;
-		if (r == PUMP_WRITE_ERROR)
-			warn("%s: cannot write to it", l->peer);
-		if (r != PUMPED)
-			return 1;
-		r = pfd[1].revents ? pump(l->rfd, vhci, &to_vhci) : PUMPED;
-		if (r == PUMP_EOF)
-			warnx("%s closed the connection", l->peer);
-		else if (r == PUMP_READ_ERROR)
-			warn("%s: cannot read from it", l->peer);
-		else if (r == PUMP_WRITE_ERROR)
-			warn("%s: cannot write to vhci_hcd", l->peer);
-		if (r != PUMPED)
-			return 1;
-	}
-}
-
-static void end_child(struct link *l)
-{
-	int i;
-
-	if (l->child <= 0)
-		return;
-	for (i = 0; i < 50 && waitpid(l->child, NULL, WNOHANG) == 0; i++)
-		usleep(100 * 1000);
-	if (i == 50) {
-		kill(l->child, SIGTERM);
-		waitpid(l->child, NULL, 0);
-	}
-	l->child = 0;
 }
 
 /*
@@ -3543,76 +2955,6 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 		debug(1, "port %d: session over", port);
 	}
 	return rc;
-}
-
-static int port_in_use(const char *dir, int port)
-{
-	struct vhci_port p;
-
-	return find_vhci_port(dir, port, &p) && p.status != VHCI_STATE_FREE;
-}
-
-/*
- * --persist: every import runs in a child, so its one-line errors (err(3)
- * style, exiting) stay simple; this loop watches the port the child
- * printed and imports again, with backoff, when the connection drops.
- */
-static int attach_persist(const struct attach_opts *o, const char *dir)
-{
-	int backoff = 1, port = -1;
-	sigset_t unblocked;
-
-	catch_stop_signals(&unblocked);
-	sigprocmask(SIG_SETMASK, &unblocked, NULL);
-	while (!stop_requested) {
-		int out[2], status;
-		char line[32] = "";
-		ssize_t n;
-		pid_t pid;
-
-		if (pipe(out) < 0)
-			err(1, "pipe");
-		pid = fork();
-		if (pid < 0)
-			err(1, "fork");
-		if (pid == 0) {
-			close(out[0]);
-			dup2(out[1], STDOUT_FILENO);
-			exit(attach_once(o, dir));
-		}
-		close(out[1]);
-		n = read(out[0], line, sizeof(line) - 1);
-		close(out[0]);
-		port = n > 0 ? atoi(line) : -1;
-		if (port >= 0) {
-			printf("%d\n", port);
-			fflush(stdout);
-			backoff = 1;
-		}
-		/* --via: the child is the relay; else watch the kernel's port. */
-		while (!o->via && port >= 0 && !stop_requested &&
-		       port_in_use(dir, port))
-			sleep(1);
-		if (stop_requested && !o->via && port >= 0 &&
-		    port_in_use(dir, port)) {
-			char arg[16];
-
-			snprintf(arg, sizeof(arg), "%d", port);
-			write_sysfs(dir, "detach", arg);
-			remove_record(port);
-		}
-		if (stop_requested)
-			kill(pid, SIGTERM);
-		waitpid(pid, &status, 0);
-		if (stop_requested)
-			break;
-		warnx("%s: connection to %s lost; importing again in %d s",
-		      o->busid, o->via ? o->via : o->listen ? o->listen :
-		      o->target, backoff);
-		sleep((unsigned)backoff);
-		backoff = backoff * 2 > 30 ? 30 : backoff * 2;
-	}
-	return 0;
 }
 
 static int cmd_port(void)
@@ -3678,7 +3020,7 @@ static int cmd_detach(const char *arg)
 	return 0;
 }
 
-/* ---- the command line ------------------------------------------------ */
+/* ==== the command line =================================================== */
 
 static int print_local_device(const struct usbip_usb_device *rec,
 			      const struct usbip_usb_interface *ifs, int nifs,
@@ -3900,4 +3242,795 @@ int main(int argc, char **argv)
 		return cmd_detach(argv[1]);
 	usage(stderr);
 	return 1;
+}
+
+/* ==== extras: each one hooks into the core above, and can be skipped ===== */
+
+/* ==== the URB trace (-vv): the stream decoded for people ================= */
+
+static const char *status_name(int32_t status)
+{
+	static const struct {
+		int err;
+		const char *name;
+	} names[] = {
+		{ 0, "ok" },
+		{ EPIPE, "EPIPE (stall)" },
+		{ ECONNRESET, "ECONNRESET (unlinked)" },
+		{ ENOENT, "ENOENT" },
+		{ ESHUTDOWN, "ESHUTDOWN (device gone)" },
+		{ ENODEV, "ENODEV" },
+		{ ETIMEDOUT, "ETIMEDOUT" },
+		{ EOVERFLOW, "EOVERFLOW (babble)" },
+		{ EPROTO, "EPROTO" },
+		{ EREMOTEIO, "EREMOTEIO (short)" },
+		{ EINVAL, "EINVAL" },
+		{ EBUSY, "EBUSY" },
+		{ ENOMEM, "ENOMEM" },
+		{ EXDEV, "EXDEV (iso partial)" },
+	};
+	static char other[24];
+	size_t i;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (names[i].err == -status)
+			return names[i].name;
+	snprintf(other, sizeof(other), "errno %d", -status);
+	return other;
+}
+
+static const char *transfer_type_name(int type)
+{
+	switch (type) {
+	case LIBUSB_TRANSFER_TYPE_CONTROL:
+		return "control";
+	case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
+		return "iso";
+	case LIBUSB_TRANSFER_TYPE_BULK:
+		return "bulk";
+	case LIBUSB_TRANSFER_TYPE_INTERRUPT:
+		return "interrupt";
+	default:
+		return "";
+	}
+}
+
+/* Standard requests by name; class and vendor requests shown raw. */
+static void describe_setup(const uint8_t *s, char *buf, size_t len)
+{
+	static const char *requests[] = {
+		"GET_STATUS", "CLEAR_FEATURE", "?", "SET_FEATURE", "?",
+		"SET_ADDRESS", "GET_DESCRIPTOR", "SET_DESCRIPTOR",
+		"GET_CONFIGURATION", "SET_CONFIGURATION", "GET_INTERFACE",
+		"SET_INTERFACE", "SYNCH_FRAME",
+	};
+	static const char *descriptors[] = {
+		"?", "DEVICE", "CONFIGURATION", "STRING", "INTERFACE",
+		"ENDPOINT", "DEVICE_QUALIFIER", "OTHER_SPEED_CONFIGURATION",
+	};
+	uint8_t type = s[0], req = s[1];
+	unsigned value = (unsigned)(s[2] | s[3] << 8);
+	unsigned index = (unsigned)(s[4] | s[5] << 8);
+	unsigned length = (unsigned)(s[6] | s[7] << 8);
+
+	if ((type & 0x60) != 0 || req >= sizeof(requests) / sizeof(*requests)) {
+		snprintf(buf, len, "%s request %02x %02x %04x %04x len %u",
+			 (type & 0x60) == 0x20 ? "class" :
+			 (type & 0x60) == 0x40 ? "vendor" : "other", type, req,
+			 value, index, length);
+	} else if (req == LIBUSB_REQUEST_GET_DESCRIPTOR) {
+		unsigned dt = value >> 8;
+
+		if (dt == LIBUSB_DT_STRING)
+			snprintf(buf, len, "GET_DESCRIPTOR(STRING %u) len %u",
+				 value & 0xff, length);
+		else if (dt < sizeof(descriptors) / sizeof(*descriptors))
+			snprintf(buf, len, "GET_DESCRIPTOR(%s) len %u",
+				 descriptors[dt], length);
+		else
+			snprintf(buf, len, "GET_DESCRIPTOR(0x%02x) len %u", dt,
+				 length);
+	} else if (req == LIBUSB_REQUEST_SET_INTERFACE) {
+		snprintf(buf, len, "SET_INTERFACE %u alt %u", index, value);
+	} else if (req == LIBUSB_REQUEST_SET_CONFIGURATION) {
+		snprintf(buf, len, "SET_CONFIGURATION %u", value);
+	} else if ((req == LIBUSB_REQUEST_CLEAR_FEATURE ||
+		    req == LIBUSB_REQUEST_SET_FEATURE) &&
+		   (type & 0x1f) == LIBUSB_RECIPIENT_ENDPOINT && value == 0) {
+		snprintf(buf, len, "%s(ENDPOINT_HALT) ep %02x", requests[req],
+			 index);
+	} else {
+		snprintf(buf, len, "%s %04x %04x len %u", requests[req], value,
+			 index, length);
+	}
+}
+
+/* TYPE is the endpoint's transfer type where the caller knows it, or -1. */
+static void trace_header(const char *who, const struct usbip_header *h,
+			 int type)
+{
+	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
+	char what[96] = "";
+
+	if (verbose < 2)
+		return;
+	switch (h->base.command) {
+	case USBIP_CMD_SUBMIT:
+		if (h->base.ep == 0)
+			describe_setup(cmd->setup, what, sizeof(what));
+		else
+			snprintf(what, sizeof(what), "%s%slen %d",
+				 transfer_type_name(type),
+				 *transfer_type_name(type) ? " " : "",
+				 cmd->transfer_buffer_length);
+		if (cmd->number_of_packets > 0)
+			snprintf(what + strlen(what), sizeof(what) - strlen(what),
+				 " in %d packets", cmd->number_of_packets);
+		warnx("%s: seq %u > CMD_SUBMIT ep %u %s %s%s", who,
+		      h->base.seqnum, h->base.ep,
+		      h->base.direction == USBIP_DIR_IN ? "in" : "out",
+		      h->base.ep == 0 ? "control " : "", what);
+		break;
+	case USBIP_RET_SUBMIT:
+		warnx("%s: seq %u < RET_SUBMIT %s actual %d%s", who,
+		      h->base.seqnum, status_name(ret->status),
+		      ret->actual_length,
+		      ret->error_count > 0 ? " (iso errors)" : "");
+		break;
+	case USBIP_CMD_UNLINK:
+		warnx("%s: seq %u > CMD_UNLINK seq %u", who, h->base.seqnum,
+		      h->u.cmd_unlink.seqnum);
+		break;
+	case USBIP_RET_UNLINK:
+		warnx("%s: seq %u < RET_UNLINK %s", who, h->base.seqnum,
+		      status_name(h->u.ret_unlink.status));
+		break;
+	}
+}
+
+/* ==== --allow CIDR,...: who may connect ================================== */
+
+struct cidr {
+	int family;
+	uint8_t addr[16];
+	int bits;
+};
+
+static struct cidr *allowed;
+
+static int nallowed;
+
+static void parse_allow(const char *list)
+{
+	char *copy = strdup(list), *tok, *save = NULL;
+
+	if (!copy)
+		err(1, "strdup");
+	for (tok = strtok_r(copy, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		char *slash = strchr(tok, '/'), *end;
+		struct cidr r = { 0 };
+		int max;
+
+		if (slash)
+			*slash = '\0';
+		if (inet_pton(AF_INET, tok, r.addr) == 1)
+			r.family = AF_INET, max = 32;
+		else if (inet_pton(AF_INET6, tok, r.addr) == 1)
+			r.family = AF_INET6, max = 128;
+		else
+			errx(1, "--allow: %s is not an IPv4 or IPv6 address",
+			     tok);
+		r.bits = max;
+		if (slash) {
+			long bits = strtol(slash + 1, &end, 10);
+
+			if (slash[1] == '\0' || *end != '\0' || bits < 0 ||
+			    bits > max)
+				errx(1, "--allow: bad prefix length /%s",
+				     slash + 1);
+			r.bits = (int)bits;
+		}
+		allowed = realloc(allowed, (size_t)(nallowed + 1) *
+				  sizeof(*allowed));
+		if (!allowed)
+			err(1, "realloc");
+		allowed[nallowed++] = r;
+	}
+	free(copy);
+}
+
+static int prefix_matches(const uint8_t *a, const uint8_t *b, int bits)
+{
+	int full = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, (size_t)full) != 0)
+		return 0;
+	return rest == 0 || ((a[full] ^ b[full]) & (0xff00 >> rest)) == 0;
+}
+
+static int is_allowed(const struct sockaddr *sa)
+{
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+	const uint8_t *addr;
+	int family = sa->sa_family, i;
+
+	if (nallowed == 0)
+		return 1;
+	if (family == AF_INET) {
+		addr = (const uint8_t *)
+		    &((const struct sockaddr_in *)sa)->sin_addr;
+	} else if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+		family = AF_INET;
+		addr = sin6->sin6_addr.s6_addr + 12;
+	} else {
+		addr = sin6->sin6_addr.s6_addr;
+	}
+	for (i = 0; i < nallowed; i++)
+		if (allowed[i].family == family &&
+		    prefix_matches(addr, allowed[i].addr, allowed[i].bits))
+			return 1;
+	return 0;
+}
+
+/* ==== dialing either way: serve --connect, attach --listen =============== */
+
+/* --connect: the device side dials out, retrying with backoff. */
+static void redial(struct server *sv)
+{
+	char host[256], port[32], peer[300], why[512];
+	int fd;
+
+	if (conns || now_ms() < sv->redial_ms)
+		return;
+	split_host_port(sv->o->dial, host, sizeof(host), port, sizeof(port));
+	name_peer(host, port, peer, sizeof(peer));
+	fd = try_dial(host, port, why, sizeof(why));
+	if (fd >= 0) {
+		add_conn(fd, fd, peer);
+		sv->backoff_ms = 1000;
+		return;
+	}
+	warnx("%s; again in %d s", why, sv->backoff_ms / 1000);
+	sv->redial_ms = now_ms() + sv->backoff_ms;
+	sv->backoff_ms = sv->backoff_ms * 2 > REDIAL_MAX_MS ? REDIAL_MAX_MS :
+			 sv->backoff_ms * 2;
+}
+
+/* --listen: the device side dials us (it is behind NAT, say). */
+static void accept_one(const char *where, struct link *l)
+{
+	char addr[256], port[32];
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+	int lfd[MAX_LISTENERS], n, i, fd = -1;
+	struct pollfd pfd[MAX_LISTENERS];
+
+	/* "PORT" or "ADDR:PORT": a lone number is a port here. */
+	if (strspn(where, "0123456789") == strlen(where))
+		snprintf(addr, sizeof(addr), "*:%s", where);
+	else
+		snprintf(addr, sizeof(addr), "%s", where);
+	split_host_port(addr, l->host, sizeof(l->host), port, sizeof(port));
+	n = listen_on(strcmp(l->host, "*") ? l->host : NULL, port, lfd,
+		      MAX_LISTENERS);
+	for (i = 0; i < n; i++)
+		pfd[i] = (struct pollfd){ lfd[i], POLLIN, 0 };
+	debug(1, "waiting for a server to dial port %s", port);
+	while (fd < 0) {
+		if (poll(pfd, (nfds_t)n, -1) < 0 && errno != EINTR)
+			err(1, "poll");
+		for (i = 0; i < n && fd < 0; i++)
+			if (pfd[i].revents)
+				fd = accept4(lfd[i], (struct sockaddr *)&sa,
+					     &len, SOCK_CLOEXEC);
+	}
+	for (i = 0; i < n; i++)
+		close(lfd[i]);
+	set_blocking(fd);
+	set_tcp_options(fd);
+	format_peer((struct sockaddr *)&sa, l->peer, sizeof(l->peer));
+	/* The record names the peer the way `usbip port` prints it. */
+	split_host_port(l->peer, l->host, sizeof(l->host), l->service,
+			sizeof(l->service));
+	l->rfd = l->wfd = fd;
+}
+
+/* ==== one session over a pipe: serve --stdio, attach --via =============== */
+
+/* --via: run COMMAND with its stdin and stdout as our two pipes. */
+static void spawn_via(const char *command, struct link *l)
+{
+	int in[2], out[2];
+
+	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0)
+		err(1, "pipe");
+	l->child = fork();
+	if (l->child < 0)
+		err(1, "fork");
+	if (l->child == 0) {
+		dup2(in[0], STDIN_FILENO);
+		dup2(out[1], STDOUT_FILENO);
+		execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+		err(127, "/bin/sh");
+	}
+	close(in[0]);
+	close(out[1]);
+	l->wfd = in[1];
+	l->rfd = out[0];
+	io_timeout_ms = VIA_TIMEOUT_MS;
+	snprintf(l->peer, sizeof(l->peer), "'%s'", command);
+	snprintf(l->host, sizeof(l->host), "via");
+	snprintf(l->service, sizeof(l->service), "relay");
+}
+
+/*
+ * vhci_hcd must be given a socket, so with --via it gets one end of a
+ * socketpair and we copy bytes between the other end and the pipes.  The
+ * copy reads the framing as it passes: that is what -vv prints, and a
+ * stream that stops making sense ends the session instead of confusing
+ * the kernel.
+ */
+struct pending {			/* a command awaiting its reply */
+	uint32_t seqnum;
+	uint32_t command;		/* USBIP_CMD_SUBMIT or USBIP_CMD_UNLINK */
+	uint32_t value;			/* its direction, or the unlinked seqnum */
+};
+
+struct framer {
+	const char *who;
+	uint8_t head[USBIP_HEADER_SIZE];
+	size_t have;			/* header bytes so far */
+	uint64_t skip;			/* payload bytes still to pass */
+};
+
+static struct pending *pending;
+
+static size_t npending, pending_cap;
+
+static void remember(uint32_t seqnum, uint32_t command, uint32_t value)
+{
+	if (npending == pending_cap) {
+		pending_cap = pending_cap ? pending_cap * 2 : 64;
+		pending = realloc(pending, pending_cap * sizeof(*pending));
+		if (!pending)
+			err(1, "realloc");
+	}
+	pending[npending++] = (struct pending){ seqnum, command, value };
+}
+
+/* Forgets the command SEQNUM; returns its value, or -1 if unknown. */
+static int64_t forget(uint32_t seqnum, uint32_t command)
+{
+	size_t i;
+
+	for (i = 0; i < npending; i++) {
+		if (pending[i].seqnum == seqnum &&
+		    pending[i].command == command) {
+			int64_t value = pending[i].value;
+
+			pending[i] = pending[--npending];
+			return value;
+		}
+	}
+	return -1;
+}
+
+/* How many bytes follow a header; -1 if the header makes no sense. */
+static int64_t payload_after(const struct usbip_header *h)
+{
+	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
+	int64_t iso, dir, victim;
+
+	switch (h->base.command) {
+	case USBIP_CMD_SUBMIT:
+		if (cmd->transfer_buffer_length < 0)
+			return -1;
+		remember(h->base.seqnum, USBIP_CMD_SUBMIT, h->base.direction);
+		iso = cmd->number_of_packets > 0 ?
+		      (int64_t)cmd->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
+		return (h->base.direction == USBIP_DIR_OUT ?
+			cmd->transfer_buffer_length : 0) + iso;
+	case USBIP_RET_SUBMIT:
+		/* RET_SUBMIT carries no direction: its CMD_SUBMIT had it. */
+		dir = forget(h->base.seqnum, USBIP_CMD_SUBMIT);
+		if (dir < 0 || ret->actual_length < 0)
+			return -1;
+		iso = ret->number_of_packets > 0 ?
+		      (int64_t)ret->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
+		return (dir == USBIP_DIR_IN ? ret->actual_length : 0) + iso;
+	case USBIP_CMD_UNLINK:
+		remember(h->base.seqnum, USBIP_CMD_UNLINK,
+			 h->u.cmd_unlink.seqnum);
+		return 0;
+	case USBIP_RET_UNLINK:
+		/* The unlinked URB gets no RET_SUBMIT if this says so. */
+		victim = forget(h->base.seqnum, USBIP_CMD_UNLINK);
+		if (victim >= 0 && h->u.ret_unlink.status != 0)
+			forget((uint32_t)victim, USBIP_CMD_SUBMIT);
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+/* Follows the framing of N bytes passing through; 0 while it makes sense. */
+static int frame(struct framer *f, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		size_t step;
+
+		if (f->skip > 0) {
+			step = n < f->skip ? n : (size_t)f->skip;
+			f->skip -= step;
+		} else {
+			struct usbip_header h;
+			int64_t more;
+
+			step = USBIP_HEADER_SIZE - f->have;
+			step = n < step ? n : step;
+			memcpy(f->head + f->have, p, step);
+			f->have += step;
+			if (f->have == USBIP_HEADER_SIZE) {
+				f->have = 0;
+				unpack_header(f->head, &h);
+				trace_header(f->who, &h, -1);
+				more = payload_after(&h);
+				if (more < 0) {
+					warnx("%s: broken stream at seq %u "
+					      "(command %u)", f->who,
+					      h.base.seqnum, h.base.command);
+					return -1;
+				}
+				f->skip = (uint64_t)more;
+			}
+		}
+		p += step;
+		n -= step;
+	}
+	return 0;
+}
+
+enum pumped { PUMPED, PUMP_EOF, PUMP_READ_ERROR, PUMP_BROKEN,
+	      PUMP_WRITE_ERROR };
+
+/* Copies what FROM has into TO; says how that went (errno with errors). */
+static enum pumped pump(int from, int to, struct framer *f)
+{
+	uint8_t buf[65536];
+	ssize_t n = read(from, buf, sizeof(buf));
+
+	if (n < 0)
+		return errno == EINTR ? PUMPED : PUMP_READ_ERROR;
+	if (n == 0)
+		return PUMP_EOF;
+	if (frame(f, buf, (size_t)n) != 0)
+		return PUMP_BROKEN;	/* frame() said why */
+	return write_fully(to, buf, (size_t)n) == 0 ? PUMPED :
+						      PUMP_WRITE_ERROR;
+}
+
+/* Returns 0 when vhci_hcd ended the session (detach), 1 otherwise. */
+static int relay(int vhci, const struct link *l, long busy_poll_us)
+{
+	struct busy_poll busy = { .usec = busy_poll_us };
+	struct framer to_server = { .who = l->peer },
+		      to_vhci = { .who = l->peer };
+	struct pollfd pfd[2] = {
+		{ .fd = vhci, .events = POLLIN },
+		{ .fd = l->rfd, .events = POLLIN },
+	};
+	enum pumped r;
+
+	for (;;) {
+		int wait_ms = busy_poll_wait(&busy, -1),
+		    ready = poll(pfd, 2, wait_ms);
+
+		busy_poll_after(&busy, ready, wait_ms);
+		if (ready < 0) {
+			if (errno == EINTR && !stop_requested)
+				continue;
+			return 1;
+		}
+		/* vhci_hcd's side: its end closes when the port detaches. */
+		r = pfd[0].revents ? pump(vhci, l->wfd, &to_server) : PUMPED;
+		if (r == PUMP_EOF || r == PUMP_READ_ERROR)
+			return 0;
+		if (r == PUMP_WRITE_ERROR)
+			warn("%s: cannot write to it", l->peer);
+		if (r != PUMPED)
+			return 1;
+		r = pfd[1].revents ? pump(l->rfd, vhci, &to_vhci) : PUMPED;
+		if (r == PUMP_EOF)
+			warnx("%s closed the connection", l->peer);
+		else if (r == PUMP_READ_ERROR)
+			warn("%s: cannot read from it", l->peer);
+		else if (r == PUMP_WRITE_ERROR)
+			warn("%s: cannot write to vhci_hcd", l->peer);
+		if (r != PUMPED)
+			return 1;
+	}
+}
+
+static void end_child(struct link *l)
+{
+	int i;
+
+	if (l->child <= 0)
+		return;
+	for (i = 0; i < 50 && waitpid(l->child, NULL, WNOHANG) == 0; i++)
+		usleep(100 * 1000);
+	if (i == 50) {
+		kill(l->child, SIGTERM);
+		waitpid(l->child, NULL, 0);
+	}
+	l->child = 0;
+}
+
+/* ==== --persist: import again when the connection drops ================== */
+
+static int port_in_use(const char *dir, int port)
+{
+	struct vhci_port p;
+
+	return find_vhci_port(dir, port, &p) && p.status != VHCI_STATE_FREE;
+}
+
+/*
+ * --persist: every import runs in a child, so its one-line errors (err(3)
+ * style, exiting) stay simple; this loop watches the port the child
+ * printed and imports again, with backoff, when the connection drops.
+ */
+static int attach_persist(const struct attach_opts *o, const char *dir)
+{
+	int backoff = 1, port = -1;
+	sigset_t unblocked;
+
+	catch_stop_signals(&unblocked);
+	sigprocmask(SIG_SETMASK, &unblocked, NULL);
+	while (!stop_requested) {
+		int out[2], status;
+		char line[32] = "";
+		ssize_t n;
+		pid_t pid;
+
+		if (pipe(out) < 0)
+			err(1, "pipe");
+		pid = fork();
+		if (pid < 0)
+			err(1, "fork");
+		if (pid == 0) {
+			close(out[0]);
+			dup2(out[1], STDOUT_FILENO);
+			exit(attach_once(o, dir));
+		}
+		close(out[1]);
+		n = read(out[0], line, sizeof(line) - 1);
+		close(out[0]);
+		port = n > 0 ? atoi(line) : -1;
+		if (port >= 0) {
+			printf("%d\n", port);
+			fflush(stdout);
+			backoff = 1;
+		}
+		/* --via: the child is the relay; else watch the kernel's port. */
+		while (!o->via && port >= 0 && !stop_requested &&
+		       port_in_use(dir, port))
+			sleep(1);
+		if (stop_requested && !o->via && port >= 0 &&
+		    port_in_use(dir, port)) {
+			char arg[16];
+
+			snprintf(arg, sizeof(arg), "%d", port);
+			write_sysfs(dir, "detach", arg);
+			remove_record(port);
+		}
+		if (stop_requested)
+			kill(pid, SIGTERM);
+		waitpid(pid, &status, 0);
+		if (stop_requested)
+			break;
+		warnx("%s: connection to %s lost; importing again in %d s",
+		      o->busid, o->via ? o->via : o->listen ? o->listen :
+		      o->target, backoff);
+		sleep((unsigned)backoff);
+		backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+	}
+	return 0;
+}
+
+/* ==== making it fast ===================================================== */
+
+/* -- finished URBs kept for the next CMD_SUBMIT -- */
+
+/* Only while the device is open: a mapped buffer is freed through it. */
+static void destroy_urb(struct urb *u)
+{
+	libusb_free_transfer(u->xfer);
+	free_buf(u);
+	free(u->iso);
+	free(u);
+}
+
+/*
+ * A finished URB: kept as a spare while its connection lives.  A mapped
+ * one always stays, in place of an unmapped spare if need be: with at most
+ * URB_SPARES mapped per connection, there is always one to give way.
+ */
+static void put_urb(struct urb *u)
+{
+	struct conn *c = u->conn;
+	int i;
+
+	if (c->fd < 0 || (!u->mapped && u->bufsize > SPARE_BYTES)) {
+		destroy_urb(u);
+		return;
+	}
+	if (c->nspare < URB_SPARES) {
+		c->spare[c->nspare++] = u;
+		return;
+	}
+	for (i = 0; u->mapped && i < c->nspare; i++) {
+		if (!c->spare[i]->mapped) {
+			destroy_urb(c->spare[i]);
+			c->spare[i] = u;
+			return;
+		}
+	}
+	destroy_urb(u);
+}
+
+/*
+ * A URB with room for LEN buffer bytes and NP iso packets, or NULL when
+ * memory is short.  The spare that fits best is reused (or, failing that,
+ * grown), so a connection in its steady state allocates nothing per URB.
+ */
+static struct urb *get_urb(struct conn *c, size_t len, int np)
+{
+	struct urb *u;
+	int i, best = -1;
+
+	for (i = 0; i < c->nspare; i++)
+		if (c->spare[i]->bufsize >= len &&
+		    c->spare[i]->max_packets >= np &&
+		    (best < 0 || c->spare[i]->bufsize <
+				 c->spare[best]->bufsize))
+			best = i;
+	if (best < 0)
+		best = c->nspare - 1;
+	if (best >= 0) {
+		u = c->spare[best];
+		c->spare[best] = c->spare[--c->nspare];
+		u->unlinked = 0;
+	} else if ((u = calloc(1, sizeof(*u))) != NULL) {
+		u->conn = c;
+	} else {
+		return NULL;
+	}
+	if (u->bufsize < len) {
+		free_buf(u);
+		alloc_buf(u, len);
+	}
+	if (!u->xfer || u->max_packets < np) {
+		libusb_free_transfer(u->xfer);
+		u->xfer = libusb_alloc_transfer(np);
+		free(u->iso);
+		u->iso = malloc((size_t)np * USBIP_ISO_DESC_SIZE + 1);
+		u->max_packets = np;
+	}
+	if (!u->buf || !u->xfer || !u->iso) {
+		destroy_urb(u);
+		return NULL;
+	}
+	return u;
+}
+
+static void drop_spares(struct conn *c)
+{
+	while (c->nspare > 0)
+		destroy_urb(c->spare[--c->nspare]);
+}
+
+/* -- transfer buffers mapped from usbfs -- */
+
+/*
+ * Buffers of a page or more are usbfs's own memory, mapped from the device
+ * node: the kernel then moves the data straight between the device and the
+ * buffer we read() OUT payloads into and writev() IN replies from, instead
+ * of copying it in and out of a buffer of its own.
+ *
+ * Three limits keep that a gain.  Only where DMA is cache-coherent (x86):
+ * elsewhere usbfs may map the memory uncached, and every reply read from
+ * it would cost more than the copy saved.  A connection maps at most
+ * URB_SPARES buffers and keeps them until it ends (see put_urb()): a
+ * mapping is slow to make.  And usbfs charges mappings to its system-wide
+ * budget (usbfs_memory_mb, 16 MiB by default), the one that also pays for
+ * every malloc'd buffer in flight: MAPPED_LIMIT leaves most of it to those
+ * and to other programs.  Past any limit, or where the kernel cannot map
+ * usbfs, buffers come from malloc().
+ */
+static size_t mapped_bytes;
+
+static void alloc_buf(struct urb *u, size_t len)
+{
+	struct conn *c = u->conn;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t mapped = (len + page - 1) / page * page;
+
+	u->buf = NULL;
+	u->mapped = 0;
+	if (MAP_USBFS && c->handle && len >= page &&
+	    c->nmapped < URB_SPARES && mapped_bytes + mapped <= MAPPED_LIMIT &&
+	    (u->buf = libusb_dev_mem_alloc(c->handle, mapped)) != NULL) {
+		u->mapped = 1;
+		u->bufsize = mapped;
+		mapped_bytes += mapped;
+		c->nmapped++;
+		return;
+	}
+	u->buf = malloc(len);
+	u->bufsize = len;
+}
+
+static void free_buf(struct urb *u)
+{
+	if (u->mapped) {
+		libusb_dev_mem_free(u->conn->handle, u->buf, u->bufsize);
+		mapped_bytes -= u->bufsize;
+		u->conn->nmapped--;
+	} else {
+		free(u->buf);
+	}
+	u->buf = NULL;
+	u->bufsize = 0;
+	u->mapped = 0;
+}
+
+/* -- --busy-poll USEC: spin a while before sleeping -- */
+
+/*
+ * A round trip through a user-space server wakes it twice, and in a VM a
+ * wakeup can cost more than the transfer.  With --busy-poll, a loop that
+ * just had an event keeps polling without sleeping for up to USEC
+ * microseconds, so the next event of a busy device finds it awake; then
+ * it blocks as before, and an idle server costs nothing.  Each empty
+ * round yields the CPU: on a machine with few CPUs the spinning must not
+ * keep the work it waits for (vhci_hcd's threads, the device's) from
+ * running.
+ */
+static long long now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+/* The poll timeout to use: 0 while the window is open, else WAIT_MS. */
+static int busy_poll_wait(const struct busy_poll *b, int wait_ms)
+{
+	return b->usec && now_us() < b->until_us ? 0 : wait_ms;
+}
+
+/* After poll() returned READY: an event reopens the window. */
+static void busy_poll_after(struct busy_poll *b, int ready, int waited_ms)
+{
+	if (!b->usec)
+		return;
+	if (ready > 0)
+		b->until_us = now_us() + b->usec;
+	else if (ready == 0 && waited_ms == 0)
+		sched_yield();
+}
+
+static long parse_busy_poll(const char *arg)
+{
+	char *end;
+	long usec = strtol(arg, &end, 10);
+
+	if (*arg == '\0' || *end != '\0' || usec < 1 || usec > 1000000)
+		errx(1, "--busy-poll: %s is not 1..1000000 microseconds", arg);
+	return usec;
 }
