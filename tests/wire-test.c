@@ -637,6 +637,11 @@ static void test_server_reactions(void)
 		{ 0x14, "00 00 00 00", NULL },			/* status 0 */
 		{ 0, NULL, NULL },
 	};
+	static const struct span ret_unlink_reset[] = {
+		{ 0x00, "00 00 00 04  00 00 00 07", NULL },
+		{ 0x14, "ff ff ff 98", NULL },		/* -ECONNRESET */
+		{ 0, NULL, NULL },
+	};
 	uint8_t want[USBIP_HEADER_SIZE];
 	const char *t;
 	struct conn c;
@@ -686,9 +691,14 @@ static void test_server_reactions(void)
 		fail("server.get-descriptor.setup-in-libusb-buffer", "no urb");
 	drop_conn(&c);
 
-	/* CMD_UNLINK of an unknown seqnum: RET_UNLINK 0 echoing seqnum 7. */
+	/*
+	 * CMD_UNLINK of seqnum 5 once seqnum 6 was submitted: 5 was
+	 * answered already, so RET_UNLINK 0 echoing the unlink's seqnum 7.
+	 */
 	t = "server.unlink-unknown";
 	fake_conn(&c);
+	c.submitted = 1;
+	c.newest_submit = 6;
 	feed_header(&c, dec_cases[DEC_UNLINK].hex);
 	build(want, sizeof(want), ret_unlink_0);
 	check_num(t, "session-open", c.fd >= 0, 1);
@@ -698,6 +708,30 @@ static void test_server_reactions(void)
 			    c.outq->iov[0].iov_base, want, sizeof(want), 0);
 	else
 		fail("server.unlink-unknown.RET_UNLINK",
+		     "expected exactly one 48-byte message queued");
+	drop_conn(&c);
+
+	/*
+	 * The same CMD_UNLINK before any CMD_SUBMIT (vhci_hcd on 6.12 can
+	 * send it first): held, no reply; then CMD_SUBMIT seqnum 5 arrives
+	 * and is answered RET_UNLINK -ECONNRESET alone, never run.
+	 */
+	t = "server.unlink-before-submit";
+	fake_conn(&c);
+	feed_header(&c, dec_cases[DEC_UNLINK].hex);
+	check_num(t, "held", c.nearly, 1);
+	check_num(t, "no-reply-yet", c.outq != NULL, 0);
+	feed_header(&c, dec_cases[DEC_GET_DESCRIPTOR].hex);
+	on_input(&c);
+	build(want, sizeof(want), ret_unlink_reset);
+	check_num(t, "not-held", c.nearly, 0);
+	check_num(t, "not-submitted", c.ninflight, 0);
+	if (c.outq && c.outq->iovcnt == 1 &&
+	    c.outq->iov[0].iov_len == USBIP_HEADER_SIZE && !c.outq->next)
+		check_bytes("server.unlink-before-submit.RET_UNLINK",
+			    c.outq->iov[0].iov_base, want, sizeof(want), 0);
+	else
+		fail("server.unlink-before-submit.RET_UNLINK",
 		     "expected exactly one 48-byte message queued");
 	drop_conn(&c);
 }
