@@ -719,10 +719,10 @@ typedef int device_fn(const struct usbip_usb_device *rec,
 		      void *arg);
 
 /*
- * Calls fn for every device but hubs (every offered one, with only_offered)
- * in busid order; stops early when fn returns non-zero.
+ * Calls fn for every offered device in busid order (without serve's list,
+ * every device but hubs); stops early when fn returns non-zero.
  */
-static int for_each_device(device_fn *fn, void *arg, int only_offered)
+static int for_each_device(device_fn *fn, void *arg)
 {
 	struct dirent **names;
 	int n = scandir(sysfs_usb, &names, NULL, versionsort), i, rc = 0;
@@ -736,8 +736,7 @@ static int for_each_device(device_fn *fn, void *arg, int only_offered)
 
 		if (rc == 0 && (nifs = describe_device(names[i]->d_name, &rec,
 						       ifs)) >= 0 &&
-		    (only_offered ? is_offered(&rec) :
-		     rec.bDeviceClass != LIBUSB_CLASS_HUB))
+		    is_offered(&rec))
 			rc = fn(&rec, ifs, nifs, arg);
 		free(names[i]);
 	}
@@ -879,7 +878,6 @@ struct server;
 struct busy_poll;
 struct link;
 struct attach_opts;
-
 static void add_conn(int rfd, int wfd, const char *peer);
 static int count_conns(void);
 static void answer_devlist(struct conn *c);
@@ -888,9 +886,7 @@ static int import_device(struct conn *c, struct usbip_usb_device *rec,
 			 struct usbip_usb_interface *ifs);
 static int open_device(struct conn *c, const struct usbip_usb_device *rec);
 static void learn_endpoints(struct conn *c);
-static int for_each_interface(libusb_device_handle *h,
-			      int (*fn)(libusb_device_handle *, int));
-static int take_interface(libusb_device_handle *h, int i);
+static int take_interfaces(libusb_device_handle *h);
 static void give_back_interfaces(libusb_device_handle *h);
 static void close_device(struct conn *c);
 static void read_input(struct conn *c);
@@ -903,6 +899,8 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h);
 static void start_urb(struct urb *u);
 static void hold_control(struct conn *c, struct urb *u);
 static void submit_urb(struct urb *u);
+static int32_t fill_transfer(struct urb *u, int type);
+static void inflight_add(struct conn *c, struct urb *u);
 static int32_t load_iso(struct urb *u);
 static int run_intercepted(struct urb *u);
 static int set_configuration(struct conn *c, int value);
@@ -945,11 +943,15 @@ static void trace_header(const char *who, const struct usbip_header *h,
 static void parse_allow(const char *list);
 static int is_allowed(const struct sockaddr *sa);
 static void redial(struct server *sv);
+static int backoff(int *next_ms);
 static void accept_one(const char *where, struct link *l);
 static void spawn_via(const char *command, struct link *l);
 static int relay(int vhci, const struct link *l, long busy_poll_us);
 static void end_child(struct link *l);
 static int attach_persist(const struct attach_opts *o, const char *dir);
+static int import_in_child(const struct attach_opts *o, const char *dir,
+			   pid_t *pid);
+static void wait_while_attached(const char *dir, int port);
 static void put_urb(struct urb *u);
 static struct urb *get_urb(struct conn *c, size_t len, int np);
 static void drop_spares(struct conn *c);
@@ -1082,11 +1084,11 @@ static int append_device(const struct usbip_usb_device *rec,
 
 static void answer_devlist(struct conn *c)
 {
-	struct devlist dl = { .buf = malloc(OP_COMMON_SIZE + 4),
-			      .len = OP_COMMON_SIZE + 4 };
+	size_t head = OP_COMMON_SIZE + sizeof(struct op_devlist_reply);
+	struct devlist dl = { .buf = malloc(head), .len = head };
 
 	if (dl.buf)
-		for_each_device(append_device, &dl, 1);
+		for_each_device(append_device, &dl);
 	if (!dl.buf) {
 		end_after_replies(c, "out of memory for the device list");
 		return;
@@ -1207,7 +1209,7 @@ static int open_device(struct conn *c, const struct usbip_usb_device *rec)
 		c->handle = NULL;
 		return ST_DEV_ERR;
 	}
-	rc = for_each_interface(c->handle, take_interface);
+	rc = take_interfaces(c->handle);
 	if (rc != 0) {
 		warnx("%s: cannot claim %s: %s", c->peer, c->busid,
 		      libusb_strerror(rc));
@@ -1241,48 +1243,55 @@ static void learn_endpoints(struct conn *c)
 			for (e = 0; e < alt->bNumEndpoints; e++) {
 				uint8_t addr = alt->endpoint[e].bEndpointAddress;
 
-				c->eptype[addr & 0x80 ? USBIP_DIR_IN :
-					  USBIP_DIR_OUT][addr & 0x0f] =
-				    alt->endpoint[e].bmAttributes & 0x03;
+				c->eptype[addr & LIBUSB_ENDPOINT_DIR_MASK ?
+					  USBIP_DIR_IN : USBIP_DIR_OUT]
+					 [addr & LIBUSB_ENDPOINT_ADDRESS_MASK] =
+				    alt->endpoint[e].bmAttributes &
+				    LIBUSB_TRANSFER_TYPE_MASK;
 			}
 		}
 	}
 	libusb_free_config_descriptor(cfg);
 }
 
-/* Calls fn(handle, bInterfaceNumber) for each interface of the active
- * configuration. */
-static int for_each_interface(libusb_device_handle *h,
-			      int (*fn)(libusb_device_handle *, int))
+/* The active configuration's bInterfaceNumbers, in IFNUM; returns how
+ * many (none when unconfigured). */
+static int active_interfaces(libusb_device_handle *h,
+			     uint8_t ifnum[UINT8_MAX + 1])
 {
 	struct libusb_config_descriptor *cfg;
-	int i, rc = 0;
+	int i;
 
 	if (libusb_get_active_config_descriptor(libusb_get_device(h), &cfg))
 		return 0;
-	for (i = 0; i < cfg->bNumInterfaces && rc == 0; i++)
-		rc = fn(h, cfg->interface[i].altsetting[0].bInterfaceNumber);
+	for (i = 0; i < cfg->bNumInterfaces; i++)
+		ifnum[i] = cfg->interface[i].altsetting[0].bInterfaceNumber;
 	libusb_free_config_descriptor(cfg);
+	return i;
+}
+
+/* Every interface ours, from whatever kernel driver had it; a libusb
+ * error if one cannot be claimed. */
+static int take_interfaces(libusb_device_handle *h)
+{
+	uint8_t ifnum[UINT8_MAX + 1];
+	int n = active_interfaces(h, ifnum), i, rc = 0;
+
+	for (i = 0; i < n && rc == 0; i++) {
+		if (libusb_kernel_driver_active(h, ifnum[i]) == 1)
+			libusb_detach_kernel_driver(h, ifnum[i]);
+		rc = libusb_claim_interface(h, ifnum[i]);
+	}
 	return rc;
 }
 
-static int take_interface(libusb_device_handle *h, int i)
+static void release_interfaces(libusb_device_handle *h)
 {
-	if (libusb_kernel_driver_active(h, i) == 1)
-		libusb_detach_kernel_driver(h, i);
-	return libusb_claim_interface(h, i);
-}
+	uint8_t ifnum[UINT8_MAX + 1];
+	int n = active_interfaces(h, ifnum), i;
 
-static int release_interface(libusb_device_handle *h, int i)
-{
-	libusb_release_interface(h, i);
-	return 0;
-}
-
-static int rebind_driver(libusb_device_handle *h, int i)
-{
-	libusb_attach_kernel_driver(h, i);
-	return 0;
+	for (i = 0; i < n; i++)
+		libusb_release_interface(h, ifnum[i]);
 }
 
 /*
@@ -1292,8 +1301,12 @@ static int rebind_driver(libusb_device_handle *h, int i)
  */
 static void give_back_interfaces(libusb_device_handle *h)
 {
-	for_each_interface(h, release_interface);
-	for_each_interface(h, rebind_driver);
+	uint8_t ifnum[UINT8_MAX + 1];
+	int n = active_interfaces(h, ifnum), i;
+
+	release_interfaces(h);
+	for (i = 0; i < n; i++)
+		libusb_attach_kernel_driver(h, ifnum[i]);
 }
 
 static void close_device(struct conn *c)
@@ -1556,63 +1569,31 @@ static void release_held(struct conn *c)
 		submit_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
 }
 
+/* The URB goes to libusb, or is answered here and now. */
 static void submit_urb(struct urb *u)
 {
 	struct conn *c = u->conn;
-	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
 	unsigned ep = u->cmd.base.ep, dir = u->cmd.base.direction;
-	unsigned char addr = (unsigned char)(ep | (dir ? LIBUSB_ENDPOINT_IN : 0));
-	int len = cmd->transfer_buffer_length, rc;
 	int type = ep == 0 ? LIBUSB_TRANSFER_TYPE_CONTROL : c->eptype[dir][ep];
-	int32_t status = 0;
+	int32_t status;
+	int rc;
 
 	/* Iso packets go with an iso endpoint, and only with one. */
 	if ((type == LIBUSB_TRANSFER_TYPE_ISOCHRONOUS) != (urb_packets(u) > 0)) {
 		queue_ret_submit(u, -EINVAL, 0, 0);
 		return;
 	}
+	if (type == LIBUSB_TRANSFER_TYPE_CONTROL && run_intercepted(u))
+		return;
 	/* A reused transfer keeps what its last fill left: reset that. */
 	u->xfer->num_iso_packets = 0;
-	u->xfer->flags = cmd->transfer_flags & URB_ZERO_PACKET ?
+	u->xfer->flags = u->cmd.u.cmd_submit.transfer_flags & URB_ZERO_PACKET ?
 			 LIBUSB_TRANSFER_ADD_ZERO_PACKET : 0;
-	switch (type) {
-	case LIBUSB_TRANSFER_TYPE_CONTROL:
-		if (run_intercepted(u))
-			return;
-		libusb_fill_control_transfer(u->xfer, c->handle, u->buf,
-					     on_transfer_done, u, 0);
-		if (libusb_le16_to_cpu(
-			libusb_control_transfer_get_setup(u->xfer)->wLength) > len)
-			status = -EINVAL;
-		break;
-	case LIBUSB_TRANSFER_TYPE_BULK:
-		libusb_fill_bulk_transfer(u->xfer, c->handle, addr, u->buf,
-					  len, on_transfer_done, u, 0);
-		break;
-	case LIBUSB_TRANSFER_TYPE_INTERRUPT:
-		libusb_fill_interrupt_transfer(u->xfer, c->handle, addr,
-					       u->buf, len, on_transfer_done,
-					       u, 0);
-		break;
-	case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
-		libusb_fill_iso_transfer(u->xfer, c->handle, addr, u->buf, len,
-					 urb_packets(u), on_transfer_done, u,
-					 0);
-		status = load_iso(u);
-		break;
-	default:
-		status = -EPIPE;	/* no such endpoint right now */
-	}
-
+	status = fill_transfer(u, type);
 	if (status == 0) {
 		rc = libusb_submit_transfer(u->xfer);
 		if (rc == 0) {
-			u->next = c->inflight;
-			c->inflight = u;
-			c->ninflight++;
-			c->inflight_bytes += (size_t)u->xfer->length;
-			if (ep == 0)
-				c->ep0_busy++;
+			inflight_add(c, u);
 			return;
 		}
 		status = submit_errno(rc);
@@ -1621,6 +1602,52 @@ static void submit_urb(struct urb *u)
 	}
 	/* Refused before it reached the device: answer at once, no data. */
 	queue_ret_submit(u, status, 0, 0);
+}
+
+/*
+ * Fills U's libusb transfer for an endpoint of TYPE; returns 0, or the
+ * status that refuses the URB before it reaches the device.
+ */
+static int32_t fill_transfer(struct urb *u, int type)
+{
+	struct conn *c = u->conn;
+	unsigned ep = u->cmd.base.ep, dir = u->cmd.base.direction;
+	unsigned char addr = (unsigned char)(ep | (dir ? LIBUSB_ENDPOINT_IN : 0));
+	int len = u->cmd.u.cmd_submit.transfer_buffer_length;
+	struct libusb_transfer *x = u->xfer;
+
+	switch (type) {
+	case LIBUSB_TRANSFER_TYPE_CONTROL:
+		libusb_fill_control_transfer(x, c->handle, u->buf,
+					     on_transfer_done, u, 0);
+		return libusb_le16_to_cpu(libusb_control_transfer_get_setup(
+			x)->wLength) > len ? -EINVAL : 0;
+	case LIBUSB_TRANSFER_TYPE_BULK:
+		libusb_fill_bulk_transfer(x, c->handle, addr, u->buf, len,
+					  on_transfer_done, u, 0);
+		return 0;
+	case LIBUSB_TRANSFER_TYPE_INTERRUPT:
+		libusb_fill_interrupt_transfer(x, c->handle, addr, u->buf, len,
+					       on_transfer_done, u, 0);
+		return 0;
+	case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
+		libusb_fill_iso_transfer(x, c->handle, addr, u->buf, len,
+					 urb_packets(u), on_transfer_done, u,
+					 0);
+		return load_iso(u);
+	default:
+		return -EPIPE;	/* no such endpoint right now */
+	}
+}
+
+static void inflight_add(struct conn *c, struct urb *u)
+{
+	u->next = c->inflight;
+	c->inflight = u;
+	c->ninflight++;
+	c->inflight_bytes += (size_t)u->xfer->length;
+	if (u->cmd.base.ep == 0)
+		c->ep0_busy++;
 }
 
 /* Packs OUT iso packets back to back, the layout libusb sends from. */
@@ -1647,8 +1674,11 @@ static int32_t load_iso(struct urb *u)
 	return 0;
 }
 
-#define USB_ENDPOINT_HALT	0	/* feature selectors: chapter 9 */
-#define USB_PORT_FEAT_RESET	4	/*   and a hub's, chapter 11 */
+/* Names from USB 2.0 chapter 9 (and 11, hubs) that libusb does not have. */
+#define USB_TYPE_MASK		0x60	/* bmRequestType: standard/class/... */
+#define USB_RECIP_MASK		0x1f	/* bmRequestType: device/interface/... */
+#define USB_ENDPOINT_HALT	0	/* feature selectors */
+#define USB_PORT_FEAT_RESET	4
 
 /*
  * The host's USB core must see these as real operations (stub_rx.c in the
@@ -1700,9 +1730,9 @@ static int set_configuration(struct conn *c, int value)
 
 	if (libusb_get_configuration(c->handle, &cur) == 0 && cur == value)
 		return 0;
-	for_each_interface(c->handle, release_interface);
+	release_interfaces(c->handle);
 	rc = libusb_set_configuration(c->handle, value);
-	claimed = for_each_interface(c->handle, take_interface);
+	claimed = take_interfaces(c->handle);
 	memset(c->altsetting, 0, sizeof(c->altsetting));
 	learn_endpoints(c);
 	return rc ? rc : claimed;
@@ -2290,7 +2320,7 @@ struct server {
 	int lfd[MAX_LISTENERS], nlfd;
 	long long stop_by_ms;		/* set when stopping: give up then */
 	long long redial_ms;		/* --connect: next attempt */
-	int backoff_ms;
+	int backoff_ms;			/* --connect: see backoff() */
 	long long accept_again_ms;	/* out of descriptors: 0 or when */
 	int out_of_fds;			/* ... and said so */
 	struct pollfd *pfd;		/* this round's poll set: */
@@ -2362,7 +2392,7 @@ static void open_usb(void)
 
 static int serve(const struct serve_opts *o)
 {
-	struct server sv = { .o = o, .backoff_ms = 1000 };
+	struct server sv = { .o = o };
 	struct busy_poll busy = { .usec = o->busy_poll_us };
 	sigset_t unblocked;
 
@@ -2579,6 +2609,15 @@ static void resume_accepting(struct server *sv, int freed)
 /* The server's half is answer_devlist() and answer_import(); the
  * client's is blocking and one-shot. */
 
+/*
+ * An error that trying again cannot mend exits with this status: 1, like
+ * every error, but in an --persist child EXIT_PERMANENT, so that its
+ * parent stops trying.
+ */
+#define EXIT_PERMANENT	3
+
+static int permanent_error = 1;
+
 static const char *op_status_name(uint32_t status)
 {
 	static const char *names[] = {
@@ -2620,7 +2659,7 @@ static void request_import(int rfd, int wfd, const char *busid,
 	read_exact(rfd, rep, OP_COMMON_SIZE, peer);
 	check_op_reply(rep, OP_REP_IMPORT, peer, &op);
 	if (op.status == ST_NODEV)
-		errx(1, "busid %s not offered by %s", busid, peer);
+		errx(permanent_error, "busid %s not offered by %s", busid, peer);
 	if (op.status != ST_OK)
 		errx(1, "%s refused busid %s: %s", peer, busid,
 		     op_status_name(op.status));
@@ -2653,7 +2692,7 @@ static void request_devlist(int fd, const char *peer)
 	ndev = get32(buf);
 	for (i = 0; i < ndev; i++) {
 		struct usbip_usb_device d;
-		struct usbip_usb_interface ifs[256];
+		struct usbip_usb_interface ifs[UINT8_MAX + 1];	/* a u8 */
 		uint8_t raw[USBIP_INTERFACE_SIZE];
 		int j;
 
@@ -2867,15 +2906,15 @@ static int attach_to_vhci(const char *dir, int fd,
 		if (rc == -EBUSY || rc == -EINVAL)
 			continue;
 		if (rc == -EACCES || rc == -EPERM)
-			errx(1, "%s/attach: permission denied (run as root)",
-			     dir);
+			errx(permanent_error,
+			     "%s/attach: permission denied (run as root)", dir);
 		errx(1, "vhci_hcd refused port %d: %s", ports[i].port,
 		     strerror(-rc));
 	}
 	if (!hub_seen && speed >= USB_SPEED_SUPER)
-		errx(1, "this kernel's vhci_hcd has no SuperSpeed ports "
-		     "(before Linux 4.13): cannot import a %s speed device",
-		     speed_name(rec->speed));
+		errx(permanent_error, "this kernel's vhci_hcd has no "
+		     "SuperSpeed ports (before Linux 4.13): cannot import a "
+		     "%s speed device", speed_name(rec->speed));
 	if (rc == -EINVAL)
 		errx(1, "vhci_hcd refused every free port: %s (see dmesg)",
 		     strerror(-rc));
@@ -3040,7 +3079,7 @@ static int cmd_list(const char *target)
 	int fd, n = 0;
 
 	if (!target) {
-		for_each_device(print_local_device, &n, 0);
+		for_each_device(print_local_device, &n);
 		if (n == 0)
 			printf("no shareable USB devices on this machine\n");
 		return 0;
@@ -3313,17 +3352,19 @@ static void describe_setup(const uint8_t *s, char *buf, size_t len)
 	unsigned index = (unsigned)(s[4] | s[5] << 8);
 	unsigned length = (unsigned)(s[6] | s[7] << 8);
 
-	if ((type & 0x60) != 0 || req >= sizeof(requests) / sizeof(*requests)) {
+	if ((type & USB_TYPE_MASK) != LIBUSB_REQUEST_TYPE_STANDARD ||
+	    req >= sizeof(requests) / sizeof(*requests)) {
 		snprintf(buf, len, "%s request %02x %02x %04x %04x len %u",
-			 (type & 0x60) == 0x20 ? "class" :
-			 (type & 0x60) == 0x40 ? "vendor" : "other", type, req,
-			 value, index, length);
+			 (type & USB_TYPE_MASK) == LIBUSB_REQUEST_TYPE_CLASS ?
+			 "class" :
+			 (type & USB_TYPE_MASK) == LIBUSB_REQUEST_TYPE_VENDOR ?
+			 "vendor" : "other", type, req, value, index, length);
 	} else if (req == LIBUSB_REQUEST_GET_DESCRIPTOR) {
 		unsigned dt = value >> 8;
 
 		if (dt == LIBUSB_DT_STRING)
 			snprintf(buf, len, "GET_DESCRIPTOR(STRING %u) len %u",
-				 value & 0xff, length);
+				 value & 0xffu, length);
 		else if (dt < sizeof(descriptors) / sizeof(*descriptors))
 			snprintf(buf, len, "GET_DESCRIPTOR(%s) len %u",
 				 descriptors[dt], length);
@@ -3336,7 +3377,8 @@ static void describe_setup(const uint8_t *s, char *buf, size_t len)
 		snprintf(buf, len, "SET_CONFIGURATION %u", value);
 	} else if ((req == LIBUSB_REQUEST_CLEAR_FEATURE ||
 		    req == LIBUSB_REQUEST_SET_FEATURE) &&
-		   (type & 0x1f) == LIBUSB_RECIPIENT_ENDPOINT && value == 0) {
+		   (type & USB_RECIP_MASK) == LIBUSB_RECIPIENT_ENDPOINT &&
+		   value == USB_ENDPOINT_HALT) {
 		snprintf(buf, len, "%s(ENDPOINT_HALT) ep %02x", requests[req],
 			 index);
 	} else {
@@ -3480,7 +3522,7 @@ static int is_allowed(const struct sockaddr *sa)
 static void redial(struct server *sv)
 {
 	char host[256], port[32], peer[300], why[512];
-	int fd;
+	int fd, wait_ms;
 
 	if (conns || now_ms() < sv->redial_ms)
 		return;
@@ -3489,13 +3531,24 @@ static void redial(struct server *sv)
 	fd = try_dial(host, port, why, sizeof(why));
 	if (fd >= 0) {
 		add_conn(fd, fd, peer);
-		sv->backoff_ms = 1000;
+		sv->backoff_ms = 0;
 		return;
 	}
-	warnx("%s; again in %d s", why, sv->backoff_ms / 1000);
-	sv->redial_ms = now_ms() + sv->backoff_ms;
-	sv->backoff_ms = sv->backoff_ms * 2 > REDIAL_MAX_MS ? REDIAL_MAX_MS :
-			 sv->backoff_ms * 2;
+	wait_ms = backoff(&sv->backoff_ms);
+	warnx("%s; again in %d s", why, wait_ms / 1000);
+	sv->redial_ms = now_ms() + wait_ms;
+}
+
+/*
+ * How long to wait before trying again: 1 s, doubling up to REDIAL_MAX_MS
+ * (serve --connect, attach --persist).  *NEXT_MS is 0 after a success.
+ */
+static int backoff(int *next_ms)
+{
+	int wait_ms = *next_ms ? *next_ms : 1000;
+
+	*next_ms = wait_ms * 2 > REDIAL_MAX_MS ? REDIAL_MAX_MS : wait_ms * 2;
+	return wait_ms;
 }
 
 /* --listen: the device side dials us (it is behind NAT, say). */
@@ -3780,65 +3833,91 @@ static int port_in_use(const char *dir, int port)
 
 /*
  * --persist: every import runs in a child, so its one-line errors (err(3)
- * style, exiting) stay simple; this loop watches the port the child
- * printed and imports again, with backoff, when the connection drops.
+ * style, exiting) stay simple; the parent watches the port the child
+ * printed and imports again, with backoff, once the port is free.  A
+ * child that exits EXIT_PERMANENT met an error that trying again cannot
+ * mend (the busid is not offered, vhci_hcd refuses us), and said so.
  */
 static int attach_persist(const struct attach_opts *o, const char *dir)
 {
-	int backoff = 1, port = -1;
+	int backoff_ms = 0, status, wait_ms;
 	sigset_t unblocked;
 
 	catch_stop_signals(&unblocked);
 	sigprocmask(SIG_SETMASK, &unblocked, NULL);
 	while (!stop_requested) {
-		int out[2], status;
-		char line[32] = "";
-		ssize_t n;
 		pid_t pid;
+		int port = import_in_child(o, dir, &pid);
 
-		if (pipe(out) < 0)
-			err(1, "pipe");
-		pid = fork();
-		if (pid < 0)
-			err(1, "fork");
-		if (pid == 0) {
-			close(out[0]);
-			dup2(out[1], STDOUT_FILENO);
-			exit(attach_once(o, dir));
-		}
-		close(out[1]);
-		n = read(out[0], line, sizeof(line) - 1);
-		close(out[0]);
-		port = n > 0 ? atoi(line) : -1;
 		if (port >= 0) {
 			printf("%d\n", port);
 			fflush(stdout);
-			backoff = 1;
-		}
-		/* --via: the child is the relay; else watch the kernel's port. */
-		while (!o->via && port >= 0 && !stop_requested &&
-		       port_in_use(dir, port))
-			sleep(1);
-		if (stop_requested && !o->via && port >= 0 &&
-		    port_in_use(dir, port)) {
-			char arg[16];
-
-			snprintf(arg, sizeof(arg), "%d", port);
-			write_sysfs(dir, "detach", arg);
-			remove_record(port);
+			backoff_ms = 0;
+			/* --via: the child is the relay; else the kernel. */
+			if (!o->via)
+				wait_while_attached(dir, port);
 		}
 		if (stop_requested)
 			kill(pid, SIGTERM);
 		waitpid(pid, &status, 0);
 		if (stop_requested)
 			break;
-		warnx("%s: connection to %s lost; importing again in %d s",
-		      o->busid, o->via ? o->via : o->listen ? o->listen :
-		      o->target, backoff);
-		sleep((unsigned)backoff);
-		backoff = backoff * 2 > 30 ? 30 : backoff * 2;
+		if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_PERMANENT)
+			return 1;
+		wait_ms = backoff(&backoff_ms);
+		warnx("%s: %s %s; importing again in %d s", o->busid,
+		      port >= 0 ? "connection lost to" : "import failed from",
+		      o->via ? o->via : o->listen ? o->listen : o->target,
+		      wait_ms / 1000);
+		sleep((unsigned)(wait_ms / 1000));
 	}
 	return 0;
+}
+
+/* Forks attach_once(); returns the port it printed, or -1 if none. */
+static int import_in_child(const struct attach_opts *o, const char *dir,
+			   pid_t *pid)
+{
+	char line[32];
+	size_t n = 0;
+	ssize_t got;
+	int out[2];
+
+	if (pipe(out) < 0)
+		err(1, "pipe");
+	*pid = fork();
+	if (*pid < 0)
+		err(1, "fork");
+	if (*pid == 0) {
+		close(out[0]);
+		dup2(out[1], STDOUT_FILENO);
+		permanent_error = EXIT_PERMANENT;
+		exit(attach_once(o, dir));
+	}
+	close(out[1]);
+	while (n < sizeof(line) - 1 && !memchr(line, '\n', n)) {
+		got = read(out[0], line + n, sizeof(line) - 1 - n);
+		if (got <= 0 && !(got < 0 && errno == EINTR && !stop_requested))
+			break;
+		n += got > 0 ? (size_t)got : 0;
+	}
+	close(out[0]);
+	line[n] = '\0';
+	return isdigit((unsigned char)line[0]) ? atoi(line) : -1;
+}
+
+/* Sleeps while the kernel has PORT; a stop signal detaches it. */
+static void wait_while_attached(const char *dir, int port)
+{
+	char arg[16];
+
+	while (!stop_requested && port_in_use(dir, port))
+		sleep(1);
+	if (stop_requested && port_in_use(dir, port)) {
+		snprintf(arg, sizeof(arg), "%d", port);
+		write_sysfs(dir, "detach", arg);
+		remove_record(port);
+	}
 }
 
 /* ==== making it fast ===================================================== */

@@ -338,6 +338,15 @@ persist() {
 	timeout 20 tail --pid=$keeper -f /dev/null || die "--persist did not stop"
 	wait_gone g1
 	echo "--persist stopped and detached"
+	# A busid the server does not offer: no retrying, one line, exit 1.
+	local rc=0
+	timeout 30 $P2PUSB attach --persist 127.0.0.1 9-9 >/dev/null \
+		2>"$LOG/persist-9-9.log" || rc=$?
+	cat "$LOG/persist-9-9.log"
+	[ "$rc" -eq 1 ] || die "--persist for an unknown busid exited $rc"
+	[ "$(wc -l <"$LOG/persist-9-9.log")" -eq 1 ] &&
+		grep -q "busid 9-9 not offered" "$LOG/persist-9-9.log" ||
+		die "--persist for an unknown busid: not one clear line"
 }
 
 # -vv: the server's trace of a known session holds the expected lines.
