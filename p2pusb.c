@@ -356,7 +356,8 @@ static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
 	char host[NI_MAXHOST], serv[NI_MAXSERV];
 
 	if (getnameinfo(sa, sa->sa_family == AF_INET6 ?
-			sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in),
+			sizeof(struct sockaddr_in6) :
+			sizeof(struct sockaddr_in),
 			host, sizeof(host), serv, sizeof(serv),
 			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
 		snprintf(buf, len, "?");
@@ -593,8 +594,10 @@ static uint32_t speed_from_sysfs(const char *mbps)
 		uint32_t speed;
 	} map[] = {
 		{ "1.5", USB_SPEED_LOW },	{ "12", USB_SPEED_FULL },
-		{ "480", USB_SPEED_HIGH },	{ "53.3-480", USB_SPEED_WIRELESS },
-		{ "5000", USB_SPEED_SUPER },	{ "10000", USB_SPEED_SUPER_PLUS },
+		{ "480", USB_SPEED_HIGH },
+		{ "53.3-480", USB_SPEED_WIRELESS },
+		{ "5000", USB_SPEED_SUPER },
+		{ "10000", USB_SPEED_SUPER_PLUS },
 		{ "20000", USB_SPEED_SUPER_PLUS },
 	};
 	size_t i;
@@ -754,7 +757,7 @@ static int for_each_device(device_fn *fn, void *arg)
 #define URB_LENGTH_MAX	(16 << 20)	/* default -m: vhci sends < 1 MiB */
 #define ISO_PACKETS_MAX	1024
 #define OUTQ_LIMIT	(8u << 20)	/* reply bytes queued, not yet sent */
-#define OUTQ_MSGS	4096		/* replies queued (each holds its URB) */
+#define OUTQ_MSGS	4096		/* replies queued (each has its URB) */
 #define INFLIGHT_LIMIT	1024		/* URBs submitted to libusb */
 #define INFLIGHT_BYTES	(64u << 20)	/* their buffers */
 #define MAX_CONNS	512
@@ -775,7 +778,7 @@ static int for_each_device(device_fn *fn, void *arg)
 /* Bytes queued for a client: an URB's reply or a standalone message. */
 struct msg {
 	struct msg *next;
-	struct urb *urb;		/* freed once sent; NULL: free the msg */
+	struct urb *urb;		/* freed once sent; NULL: the msg */
 	struct iovec iov[3];
 	int iovcnt;
 };
@@ -790,10 +793,10 @@ struct urb {
 	struct conn *conn;
 	struct usbip_header cmd;	/* number_of_packets > 0: iso */
 	struct libusb_transfer *xfer;
-	uint8_t *buf;			/* control transfers: setup, then data */
+	uint8_t *buf;			/* control: setup, then data */
 	size_t bufsize;
-	int mapped;			/* buf is usbfs memory (see alloc_buf) */
-	uint8_t *iso;			/* wire descriptors, rewritten for reply */
+	int mapped;			/* buf is usbfs memory (alloc_buf) */
+	uint8_t *iso;			/* wire descriptors, then the reply's */
 	int max_packets;		/* what xfer and iso have room for */
 	int unlinked;			/* a CMD_UNLINK waits on this URB */
 	uint32_t unlink_seqnum;
@@ -813,7 +816,7 @@ enum rx_state {
 struct conn {
 	struct conn *next;
 	int fd;				/* -1 once closed */
-	int wfd;			/* the same socket, or stdout (--stdio) */
+	int wfd;			/* the same socket, or stdout */
 	char peer[80];
 	const char *end_reason;
 
@@ -831,7 +834,7 @@ struct conn {
 
 	struct urb *spare[URB_SPARES];	/* finished, kept for reuse */
 	int nspare;
-	int nmapped;			/* URBs with a buffer mapped from usbfs */
+	int nmapped;			/* URBs with a usbfs-mapped buffer */
 
 	struct urb *inflight;		/* submitted to libusb */
 	unsigned ninflight;
@@ -1241,7 +1244,8 @@ static void learn_endpoints(struct conn *c)
 			    c->altsetting[alt->bInterfaceNumber])
 				continue;
 			for (e = 0; e < alt->bNumEndpoints; e++) {
-				uint8_t addr = alt->endpoint[e].bEndpointAddress;
+				uint8_t addr =
+				    alt->endpoint[e].bEndpointAddress;
 
 				c->eptype[addr & LIBUSB_ENDPOINT_DIR_MASK ?
 					  USBIP_DIR_IN : USBIP_DIR_OUT]
@@ -1508,7 +1512,8 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 	if (h->base.direction == USBIP_DIR_OUT && len > 0)
 		expect(c, RX_OUT_DATA, u->buf + setup, (size_t)len);
 	else if (np > 0)
-		expect(c, RX_ISO_DESC, u->iso, (size_t)np * USBIP_ISO_DESC_SIZE);
+		expect(c, RX_ISO_DESC, u->iso,
+		       (size_t)np * USBIP_ISO_DESC_SIZE);
 	else
 		expect(c, RX_OUT_DATA, NULL, 0);
 }
@@ -1579,7 +1584,8 @@ static void submit_urb(struct urb *u)
 	int rc;
 
 	/* Iso packets go with an iso endpoint, and only with one. */
-	if ((type == LIBUSB_TRANSFER_TYPE_ISOCHRONOUS) != (urb_packets(u) > 0)) {
+	if ((type == LIBUSB_TRANSFER_TYPE_ISOCHRONOUS) !=
+	    (urb_packets(u) > 0)) {
 		queue_ret_submit(u, -EINVAL, 0, 0);
 		return;
 	}
@@ -1612,7 +1618,8 @@ static int32_t fill_transfer(struct urb *u, int type)
 {
 	struct conn *c = u->conn;
 	unsigned ep = u->cmd.base.ep, dir = u->cmd.base.direction;
-	unsigned char addr = (unsigned char)(ep | (dir ? LIBUSB_ENDPOINT_IN : 0));
+	unsigned char addr =
+	    (unsigned char)(ep | (dir ? LIBUSB_ENDPOINT_IN : 0));
 	int len = u->cmd.u.cmd_submit.transfer_buffer_length;
 	struct libusb_transfer *x = u->xfer;
 
@@ -1676,7 +1683,7 @@ static int32_t load_iso(struct urb *u)
 
 /* Names from USB 2.0 chapter 9 (and 11, hubs) that libusb does not have. */
 #define USB_TYPE_MASK		0x60	/* bmRequestType: standard/class/... */
-#define USB_RECIP_MASK		0x1f	/* bmRequestType: device/interface/... */
+#define USB_RECIP_MASK		0x1f	/* bmRequestType: device/... */
 #define USB_ENDPOINT_HALT	0	/* feature selectors */
 #define USB_PORT_FEAT_RESET	4
 
@@ -1709,7 +1716,7 @@ static int run_intercepted(struct urb *u)
 	else if (type == (LIBUSB_REQUEST_TYPE_CLASS | LIBUSB_RECIPIENT_OTHER) &&
 		 req == LIBUSB_REQUEST_SET_FEATURE &&
 		 value == USB_PORT_FEAT_RESET)
-		rc = libusb_reset_device(c->handle);	/* the device is a hub */
+		rc = libusb_reset_device(c->handle);	/* the device: a hub */
 	else
 		return 0;
 	debug(1, "%s: ran request %02x %02x %04x %04x: %s", c->peer, type,
@@ -2018,7 +2025,8 @@ static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
 	m->iov[0] = (struct iovec){ u->head, USBIP_HEADER_SIZE };
 	m->iovcnt = 1;
 	if (u->cmd.base.direction == USBIP_DIR_IN && actual > 0)
-		m->iov[m->iovcnt++] = (struct iovec){ urb_data(u), (size_t)actual };
+		m->iov[m->iovcnt++] =
+		    (struct iovec){ urb_data(u), (size_t)actual };
 	if (urb_packets(u) > 0)
 		m->iov[m->iovcnt++] = (struct iovec){
 			u->iso, (size_t)urb_packets(u) * USBIP_ISO_DESC_SIZE };
@@ -2042,7 +2050,8 @@ static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
 	queue_bytes(c, head, sizeof(head));
 	if (verbose >= 2) {
 		struct usbip_header h = {
-			.base = { .command = USBIP_RET_UNLINK, .seqnum = seqnum },
+			.base = { .command = USBIP_RET_UNLINK,
+				  .seqnum = seqnum },
 			.u.ret_unlink = { .status = status },
 		};
 
@@ -2128,7 +2137,8 @@ static void consume_output(struct conn *c, size_t n)
 			size_t step = n < m->iov[i].iov_len ? n :
 				      m->iov[i].iov_len;
 
-			m->iov[i].iov_base = (uint8_t *)m->iov[i].iov_base + step;
+			m->iov[i].iov_base =
+			    (uint8_t *)m->iov[i].iov_base + step;
 			m->iov[i].iov_len -= step;
 			n -= step;
 		}
@@ -2659,7 +2669,8 @@ static void request_import(int rfd, int wfd, const char *busid,
 	read_exact(rfd, rep, OP_COMMON_SIZE, peer);
 	check_op_reply(rep, OP_REP_IMPORT, peer, &op);
 	if (op.status == ST_NODEV)
-		errx(permanent_error, "busid %s not offered by %s", busid, peer);
+		errx(permanent_error, "busid %s not offered by %s", busid,
+		     peer);
 	if (op.status != ST_OK)
 		errx(1, "%s refused busid %s: %s", peer, busid,
 		     op_status_name(op.status));
@@ -2902,7 +2913,7 @@ static int attach_to_vhci(const char *dir, int fd,
 		}
 		if (rc == 0)
 			return ports[i].port;
-		/* Taken since we read the status: EBUSY, EINVAL on old kernels. */
+		/* Taken since we read its status: EBUSY (or old EINVAL). */
 		if (rc == -EBUSY || rc == -EINVAL)
 			continue;
 		if (rc == -EACCES || rc == -EPERM)
@@ -3173,7 +3184,8 @@ static int cmd_serve(int argc, char **argv)
 	offered = argv + optind;
 	noffered = argc - optind;
 	if (o.stdio && (o.dial || noffered != 1))
-		errx(1, "serve --stdio takes exactly one BUSID and no --connect");
+		errx(1, "serve --stdio takes exactly one BUSID and no "
+		     "--connect");
 	return serve(&o);
 }
 
@@ -3267,7 +3279,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 1;
 	}
-	signal(SIGPIPE, SIG_IGN);	/* a closed peer is an error, not a kill */
+	signal(SIGPIPE, SIG_IGN);	/* a closed peer: an error, not death */
 	cmd = argv[0];
 	if (strcmp(cmd, "list") == 0 && argc <= 2)
 		return cmd_list(argc == 2 ? argv[1] : NULL);
@@ -3311,10 +3323,11 @@ static const char *status_name(int32_t status)
 	static char other[24];
 	size_t i;
 
+	/* A peer may send any 32 bits: -INT32_MIN does not fit an int32_t. */
 	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (names[i].err == -status)
+		if (-(int64_t)names[i].err == status)
 			return names[i].name;
-	snprintf(other, sizeof(other), "errno %d", -status);
+	snprintf(other, sizeof(other), "errno %lld", -(long long)status);
 	return other;
 }
 
@@ -3407,7 +3420,8 @@ static void trace_header(const char *who, const struct usbip_header *h,
 				 *transfer_type_name(type) ? " " : "",
 				 cmd->transfer_buffer_length);
 		if (cmd->number_of_packets > 0)
-			snprintf(what + strlen(what), sizeof(what) - strlen(what),
+			snprintf(what + strlen(what),
+				 sizeof(what) - strlen(what),
 				 " in %d packets", cmd->number_of_packets);
 		warnx("%s: seq %u > CMD_SUBMIT ep %u %s %s%s", who,
 		      h->base.seqnum, h->base.ep,
@@ -3627,8 +3641,8 @@ static void spawn_via(const char *command, struct link *l)
  */
 struct pending {			/* a command awaiting its reply */
 	uint32_t seqnum;
-	uint32_t command;		/* USBIP_CMD_SUBMIT or USBIP_CMD_UNLINK */
-	uint32_t value;			/* its direction, or the unlinked seqnum */
+	uint32_t command;		/* USBIP_CMD_SUBMIT or _UNLINK */
+	uint32_t value;			/* its direction, or the victim */
 };
 
 struct framer {

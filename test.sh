@@ -376,7 +376,7 @@ fuzz_libfuzzer() {
 		-artifact_prefix="$dir/crashes/" "$dir/corpus" tests/corpus \
 		>"$dir/log" 2>&1
 	rc=$?
-	grep -a "DONE\|p2pusb-fuzz: FAIL\|ERROR:\|runtime error" "$dir/log"
+	grep -a "^Done\|p2pusb-fuzz: FAIL\|ERROR:\|runtime error" "$dir/log"
 	for crash in "$dir"/crashes/*; do
 		[ -e "$crash" ] || continue
 		mkdir -p "$keep" && cp "$crash" "$keep/" && rc=1
@@ -384,6 +384,51 @@ fuzz_libfuzzer() {
 		od -An -tx1 -v "$crash"
 		[ -x tests/fuzz-replay ] && tests/fuzz-replay -d "$crash"
 	done
+	[ "$rc" -eq 0 ]
+}
+
+# ---- fuzz: the client's side: handshake replies, the --via relay ----
+
+# Every client seed under ASan+UBSan (gcc); the seeds must be what the
+# generator writes (fuzz_replay checks the whole tree, this its part).
+fuzz_client_replay() {
+	gcc -std=c11 -Wall -Wextra -Werror -g -O1 -fno-omit-frame-pointer \
+		-fsanitize=address,undefined -fno-sanitize-recover=all \
+		-DFUZZ_CLIENT $(pkg-config --cflags libusb-1.0) \
+		-o tests/fuzz-client-replay tests/fuzz.c || return 1
+	mkdir -p "$WORK/client-seeds" &&
+		tests/fuzz-client-replay -g "$WORK/client-seeds" &&
+		diff -r tests/corpus/client "$WORK/client-seeds/client" ||
+		{ echo "tests/corpus/client is not what -g writes"; return 1; }
+	TMPDIR=$WORK tests/fuzz-client-replay tests/corpus/client
+}
+
+# libFuzzer for FUZZ_SECONDS (60) on what a server sends the client,
+# seeded from tests/corpus/client; as fuzz_libfuzzer.
+fuzz_client_libfuzzer() {
+	local dir=$WORK/fuzz-client keep=${TMPDIR:-/tmp}/p2pusb-fuzz-crashes
+	local crash rc
+	clang -g -O1 -Wall -Wextra -Werror -DFUZZ_LIBFUZZER -DFUZZ_CLIENT \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+		$(pkg-config --cflags libusb-1.0) -o tests/fuzz-client \
+		tests/fuzz.c || return 1
+	mkdir -p "$dir/corpus" "$dir/crashes"
+	TMPDIR=$WORK tests/fuzz-client -max_total_time="${FUZZ_SECONDS:-60}" \
+		-rss_limit_mb=2048 -timeout=10 -max_len=8192 \
+		-artifact_prefix="$dir/crashes/" "$dir/corpus" \
+		tests/corpus/client >"$dir/log" 2>&1
+	rc=$?
+	for crash in "$dir"/crashes/*; do
+		[ -e "$crash" ] || continue
+		mkdir -p "$keep" && cp "$crash" "$keep/client-${crash##*/}" &&
+			rc=1
+		echo "crash input: $keep/client-${crash##*/}"
+		od -An -tx1 -v "$crash"
+		[ -x tests/fuzz-client-replay ] &&
+			tests/fuzz-client-replay -d "$crash"
+	done
+	# last, so that check's tail shows why
+	grep -a "^Done\|p2pusb-fuzz: FAIL\|ERROR:\|runtime error" "$dir/log"
 	[ "$rc" -eq 0 ]
 }
 
@@ -580,6 +625,8 @@ check "host: hostile server: list, 64 MiB of random bytes" hostile_list garbage 
 check "host: hostile server: list, 1 MiB of random device records, shown printable" hostile_list devlist-garbage 1 'closed the connection'
 check "fuzz: replay tests/corpus over a fake device under ASan+UBSan (gcc)" fuzz_replay
 check "fuzz: libFuzzer ${FUZZ_SECONDS:-60} s over a fake device, no crash, leak or UB" fuzz_libfuzzer
+check "fuzz: replay tests/corpus/client (list, attach, --via), ASan+UBSan" fuzz_client_replay
+check "fuzz: libFuzzer ${FUZZ_SECONDS:-60} s, client side: no crash, leak, UB" fuzz_client_libfuzzer
 check "vm: hostile server: list, attach, attach --via; one error line, nothing attached" vm_hostile
 check "vm 1: p2pusb serve <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client
 check "vm 2: kernel usbipd <-> p2pusb attach (usb-storage)" vm_scenario kernel_server

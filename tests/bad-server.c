@@ -2,7 +2,7 @@
  * bad-server - a fake USB/IP server that answers a client's handshake the
  * way a hostile or broken server might, to test how p2pusb's client side
  * (list, attach, attach --via) copes.  It speaks just enough of the
- * protocol (USB/IP 1.11, /work/shared/USBIP-PROTOCOL.md) to read one
+ * protocol (USB/IP 1.11, as the kernel's tools/usb/usbip speak it) to read one
  * request, then misbehaves as SCENARIO says.  It has no USB device: it
  * only makes up device records.
  *

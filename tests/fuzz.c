@@ -1,5 +1,6 @@
 /*
- * fuzz.c - the server's input path under a fuzzer, over a fake device.
+ * fuzz.c - the server's input path under a fuzzer, over a fake device;
+ * with -DFUZZ_CLIENT, the client's (see "the client side" below).
  *
  * p2pusb.c is compiled into this file (as tests/wire-test.c does) and linked
  * WITHOUT libusb: every libusb_* function it calls is defined below, as a
@@ -13,18 +14,21 @@
  * chunks, and runs the server's own read_ready / write_output / reap_conns
  * plus the fake's event handling in a loop, the way serve() does.  At the
  * end it closes its end and runs until the connection is reaped, so leaks
- * (LSan) and use-after-free at teardown are caught.
+ * (LSan) and use-after-free at teardown are caught.  p2pusb's malloc,
+ * calloc and realloc go through the harness, which fails those of more
+ * than FZ_MEMORY bytes, and any one the control bytes say (STEP_NOMEM).
  *
  * Input layout:
  *   byte 0      mode: F_* flags below (F_IMPORT prepends OP_REQ_IMPORT "1-1")
  *   byte 1      n: how many control bytes follow
  *   n bytes     control, read as the run goes: one per loop turn says how
  *               many bytes the client sends next (or: unplug the device,
- *               connect a second client, disconnect now: STEP_*), one per
- *               pending transfer per turn says its fate (FATE_*), one per
- *               cancel says whether it loses the race with completion; when
- *               they run out, the rest is sent at once, transfers complete
- *               normally, and every reply is read
+ *               connect a second client, disconnect now, fail the next
+ *               allocation or reset, re-enumerate at the next reset:
+ *               STEP_*), one per pending transfer per turn says its fate
+ *               (FATE_*), one per cancel says whether it loses the race
+ *               with completion; when they run out, the rest is sent at
+ *               once, transfers complete normally, and every reply is read
  *   the rest    what the client sends, from its first byte
  *
  * Besides ASan/UBSan/LSan, the harness checks (each failure is one line
@@ -32,9 +36,14 @@
  *   libusb    p2pusb broke a libusb rule (freed or closed with transfers in
  *             flight, iso packets beyond the allocation, ...)
  *   wire      the reply stream is malformed
- *   answer    as vhci_hcd sees it: a reply for an URB already given back,
- *             or (once all input is consumed and the device is idle) an
- *             URB or unlink never answered
+ *   answer    as vhci_hcd sees it: a reply for an URB already given back
+ *             (by a RET_UNLINK that found it, -ECONNRESET or 0), or (once
+ *             all input is consumed and the device is idle) an URB or
+ *             unlink never answered; an unlink may overtake the submit it
+ *             names, as vhci_hcd's can (see model_parse())
+ *   order     a RET_SUBMIT on endpoint 0 before that of an earlier control
+ *             request: the device runs them in order (the fake too)
+ *   ep0       a request endpoint 0's device answers was not sent to it
  *   iso       iso descriptors vhci_hcd rejects (sum of actual_length !=
  *             actual_length, which makes vhci_hcd drop the device), for
  *             input vhci_hcd could have sent
@@ -42,30 +51,73 @@
  *   claim     a live session with an interface not claimed by p2pusb or
  *             bound to a kernel driver
  *   eptype    p2pusb's endpoint table differs from the device's
- *   giveback  after the session the device is not back with its driver
+ *   reset     an import accepted on a device whose reset failed, or that
+ *             was enumerated anew (a stale handle)
+ *   giveback  after the session (or an import refused once the device was
+ *             opened) the device is not back with its driver
  *   busy      two connections hold the device at once
+ *   text      a log line is not one line of printable ASCII
+ *   exit      p2pusb called err() or errx(): the server would exit
  *   hang      the connection is never reaped
- *   leak      device references, handles or transfers left over
+ *   leak      device references, handles, descriptors or transfers left
  * P2PUSB_FUZZ_IGNORE=class,class turns those classes into warnings
- * (except libusb, hang and leak); P2PUSB_FUZZ_VERBOSE=1 shows p2pusb's log.
+ * (except libusb, exit, hang and leak); P2PUSB_FUZZ_VERBOSE=1 shows
+ * p2pusb's log (escaped).
  *
- * Builds (from the top of the tree):
+ * Builds (from the top of the tree); -DFUZZ_CLIENT for the client's:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined \
  *       -fno-sanitize-recover=all -DFUZZ_LIBFUZZER \
  *       $(pkg-config --cflags libusb-1.0) -o tests/fuzz tests/fuzz.c
  *   gcc -std=c11 -g -O1 -fsanitize=address,undefined \
  *       -fno-sanitize-recover=all $(pkg-config --cflags libusb-1.0) \
  *       -o tests/fuzz-replay tests/fuzz.c
- * (test.sh does both: the "fuzz:" checks.)
- * tests/fuzz-replay FILE|DIR...   runs every input once (no libFuzzer)
- * tests/fuzz-replay -g DIR        writes the seed corpus (tests/corpus)
+ * (test.sh does these: the "fuzz:" checks.)
+ * tests/fuzz-replay FILE|DIR...   runs every input once (no libFuzzer;
+ *                                 a directory's subdirectories are not)
+ * tests/fuzz-replay -g DIR        writes both seed corpora (tests/corpus,
+ *                                 the client's in tests/corpus/client)
  * tests/fuzz-replay -d FILE       prints an input decoded
  */
-#define warnx fuzz_warnx	/* p2pusb's log goes through the harness */
+#define _GNU_SOURCE
+#include <err.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/*
+ * p2pusb's log, its exits, what it prints and what it allocates go
+ * through the harness: the declarations come first, so that the system
+ * headers p2pusb.c includes again declare the real functions.
+ */
+void fuzz_warnx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void fuzz_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fuzz_err(int eval, const char *fmt, ...)
+	__attribute__((noreturn, format(printf, 2, 3)));
+static void fuzz_errx(int eval, const char *fmt, ...)
+	__attribute__((noreturn, format(printf, 2, 3)));
+static int fuzz_printf(const char *fmt, ...)
+	__attribute__((format(printf, 1, 2)));
+static void *fz_malloc(size_t n);
+static void *fz_calloc(size_t n, size_t size);
+static void *fz_realloc(void *p, size_t n);
+
+#define warnx fuzz_warnx
 #define warn fuzz_warn
+#define err fuzz_err
+#define errx fuzz_errx
+#define printf fuzz_printf
+#define malloc fz_malloc
+#define calloc fz_calloc
+#define realloc fz_realloc
 #define main p2pusb_main
 #include "../p2pusb.c"
 #undef main
+#undef malloc		/* the harness's and the fake's own: never fail */
+#undef calloc
+#undef realloc
+#undef printf
+#undef errx
+#undef err
 
 #include <dirent.h>
 #include <ftw.h>
@@ -85,7 +137,16 @@
 /* Control byte for a write step: bytes of wire sent before the next pump
  * (low 4 bits); STEP_UNPLUG also unplugs the device first, STEP_SECOND
  * also connects a second client that imports "1-1" (once), STEP_CLOSE has
- * the client disconnect at once, whatever is in flight. */
+ * the client disconnect at once, whatever is in flight.  STEP_NOMEM makes
+ * the next allocation fail (p2pusb's malloc, calloc, realloc, or
+ * libusb_alloc_transfer); STEP_RESET_FAIL the device's next reset (libusb:
+ * LIBUSB_ERROR_OTHER, nothing else changes); STEP_REENUM has the next
+ * reset enumerate the device anew (libusb: LIBUSB_ERROR_NOT_FOUND): the
+ * old handle is stale, the device is "1-1" at address 4 (devid
+ * DEVID_REENUM), with a new usbfs node.  Each of the three adds up. */
+#define STEP_REENUM	0x90
+#define STEP_NOMEM	0xa0
+#define STEP_RESET_FAIL	0xb0
 #define STEP_SECOND	0xc0	/* a second client imports "1-1" */
 #define STEP_CLOSE	0xd0
 #define STEP_UNPLUG	0xe0
@@ -114,6 +175,45 @@ static int ctl_next(void)
 	return ctl_p < ctl_end ? *ctl_p++ : -1;
 }
 
+/* -- memory: what p2pusb allocates can fail -- */
+
+/*
+ * No single allocation of more than FZ_MEMORY bytes succeeds (the fake
+ * machine has no more to spare: an URB near URB_LENGTH_MAX fails), and
+ * STEP_NOMEM fails the next one, whatever its size.
+ */
+#define FZ_MEMORY	(8u << 20)
+
+static int fz_nomem;		/* this many allocations fail next */
+
+static int fz_alloc_fails(size_t n)
+{
+	if (n > FZ_MEMORY)
+		return 1;
+	if (fz_nomem > 0) {
+		fz_nomem--;
+		return 1;
+	}
+	return 0;
+}
+
+static void *fz_malloc(size_t n)
+{
+	return fz_alloc_fails(n) ? NULL : malloc(n);
+}
+
+static void *fz_calloc(size_t n, size_t size)
+{
+	if (size && n > (size_t)-1 / size)
+		return NULL;
+	return fz_alloc_fails(n * size) ? NULL : calloc(n, size);
+}
+
+static void *fz_realloc(void *p, size_t n)
+{
+	return fz_alloc_fails(n) ? NULL : realloc(p, n);
+}
+
 /* ---- failures --------------------------------------------------------- */
 
 #define LOG_LINES	8
@@ -122,21 +222,73 @@ static unsigned log_n;
 static int log_verbose;
 static char fz_ignored[256];
 
+static void fz_fail(const char *cls, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* S with every byte but printable ASCII as \xNN, for a failure line. */
+static const char *escape(const char *s, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	for (; *s && o + 5 < len; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch >= ' ' && ch <= '~' && ch != '\\')
+			buf[o++] = (char)ch;
+		else
+			o += (size_t)snprintf(buf + o, len - o, "\\x%02x", ch);
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
+/*
+ * What p2pusb says reaches a terminal: a busid or a product name from
+ * the network must not rewrite the user's screen or fake a second line.
+ * A LINE (without its newline) is printable ASCII, nothing else.
+ */
+static void check_text(const char *kind, const char *line)
+{
+	char shown[600];
+	const char *p;
+
+	for (p = line; *p; p++) {
+		if ((unsigned char)*p < ' ' || (unsigned char)*p > '~') {
+			fz_fail("text", "%s with byte 0x%02x: \"%s\"", kind,
+				(unsigned char)*p,
+				escape(line, shown, sizeof(shown)));
+			return;
+		}
+	}
+}
+
+static void log_line(const char *line)
+{
+	snprintf(log_ring[log_n++ % LOG_LINES], sizeof(log_ring[0]), "%s",
+		 line);
+	if (log_verbose) {
+		char shown[4096];
+
+		fprintf(stderr, "p2pusb: %s\n",
+			escape(line, shown, sizeof(shown)));
+	}
+	check_text("log line", line);
+}
+
 void fuzz_warnx(const char *fmt, ...)
 {
+	char line[1024];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(log_ring[log_n++ % LOG_LINES], sizeof(log_ring[0]), fmt, ap);
+	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	if (log_verbose)
-		fprintf(stderr, "p2pusb: %s\n",
-			log_ring[(log_n - 1) % LOG_LINES]);
+	log_line(line);
 }
 
 void fuzz_warn(const char *fmt, ...)
 {
-	char msg[160];
+	char msg[800];
 	int saved = errno;
 	va_list ap;
 
@@ -146,14 +298,87 @@ void fuzz_warn(const char *fmt, ...)
 	fuzz_warnx("%s: %s", msg, strerror(saved));
 }
 
+/*
+ * err() and errx(): the server must never exit (one session's trouble is
+ * not the others'): class "exit".  The client target (FUZZ_CLIENT) arms
+ * fz_exit_jmp, and the exit becomes a longjmp back to the harness.
+ */
+static jmp_buf *fz_exit_jmp;
+static char fz_exit_msg[1024];
+
+__attribute__((noreturn))
+static void fz_exit(int eval)
+{
+	log_line(fz_exit_msg);
+	if (!fz_exit_jmp) {
+		fz_fail("exit", "p2pusb exits (status %d): %s", eval,
+			fz_exit_msg);
+		abort();	/* "exit" cannot be ignored */
+	}
+	longjmp(*fz_exit_jmp, 1);
+}
+
+static void fuzz_errx(int eval, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(fz_exit_msg, sizeof(fz_exit_msg), fmt, ap);
+	va_end(ap);
+	fz_exit(eval);
+}
+
+static void fuzz_err(int eval, const char *fmt, ...)
+{
+	char msg[800];
+	int saved = errno;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	snprintf(fz_exit_msg, sizeof(fz_exit_msg), "%s: %s", msg,
+		 strerror(saved));
+	fz_exit(eval);
+}
+
+/* printf(): each call one whole line of printable text, counted. */
+static int fz_print_lines;
+
+static int fuzz_printf(const char *fmt, ...)
+{
+	char out[2048], shown[sizeof(out) * 4], *nl;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(out, sizeof(out), fmt, ap);
+	va_end(ap);
+	if (log_verbose)
+		fprintf(stderr, "p2pusb prints: %s\n",
+			escape(out, shown, sizeof(shown)));
+	nl = strchr(out, '\n');
+	if (!nl || nl[1] != '\0') {
+		fz_fail("text", "printf output is not one line: \"%s\"",
+			escape(out, shown, sizeof(shown)));
+		return n;
+	}
+	*nl = '\0';
+	check_text("printed line", out);
+	fz_print_lines++;
+	return n;
+}
+
 static void dump_log(void)
 {
 	unsigned i = log_n > LOG_LINES ? log_n - LOG_LINES : 0;
+	char shown[sizeof(log_ring[0]) * 4];
 
 	if (log_n && !log_verbose)
 		fprintf(stderr, "p2pusb-fuzz: p2pusb's last log lines:\n");
 	for (; i < log_n && !log_verbose; i++)
-		fprintf(stderr, "    %s\n", log_ring[i % LOG_LINES]);
+		fprintf(stderr, "    %s\n", escape(log_ring[i % LOG_LINES],
+						   shown, sizeof(shown)));
 }
 
 static int is_ignored(const char *cls)
@@ -172,7 +397,6 @@ static int is_ignored(const char *cls)
 
 static void fs_remove(void);
 
-__attribute__((format(printf, 2, 3)))
 static void fz_fail(const char *cls, const char *fmt, ...)
 {
 	static char seen[32][160];
@@ -185,7 +409,7 @@ static void fz_fail(const char *cls, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	if (is_ignored(cls) && strcmp(cls, "libusb") && strcmp(cls, "hang") &&
-	    strcmp(cls, "leak")) {
+	    strcmp(cls, "leak") && strcmp(cls, "exit")) {
 		for (i = 0; i < nseen; i++)
 			if (strncmp(seen[i], msg, sizeof(seen[i]) - 1) == 0)
 				return;
@@ -295,7 +519,9 @@ struct libusb_device_handle {
 	libusb_device *dev;
 	uint32_t claimed;	/* by interface number */
 	int fd;			/* wrapped usbfs descriptor; -1: libusb_open */
+	struct stat node;	/* ... and the usbfs node it is */
 	int mapped;		/* libusb_dev_mem_alloc buffers not yet freed */
+	int gen;		/* fz_dev.gen when opened: else stale */
 };
 
 /* A transfer: this header, then the libusb_transfer, then its packets. */
@@ -339,7 +565,22 @@ static struct {
 	int force;		/* complete everything, ignore control bytes */
 	int hold;		/* no control byte: uncancelled ones wait */
 	int gone_turns;		/* loop turns since the unplug */
+	int gen;		/* enumerations since the start: handles of an
+				 * older one are stale (NO_DEVICE) */
+	int stale_turns;	/* loop turns since the last one */
+	int reset_fail, reenum;	/* armed: STEP_RESET_FAIL, STEP_REENUM */
+	int reset_failures;	/* resets that failed (not NOT_FOUND) */
+	int reenumerations;
+	int opened;		/* p2pusb wrapped a usbfs descriptor */
+	libusb_device_handle *last_open;	/* the last it wrapped, */
+	int open_reset;		/*   and it was reset since */
 } fz_dev;
+
+/* Is H's device gone (unplugged, or enumerated anew since H opened)? */
+static int h_gone(const libusb_device_handle *h)
+{
+	return fz_dev.gone || (h && h->gen != fz_dev.gen);
+}
 
 static int fz_dev_config(void)
 {
@@ -447,7 +688,13 @@ static void fz_unplug(void)
 static char fz_root[PATH_MAX / 2], fz_sysfs[PATH_MAX], fz_usbfs[PATH_MAX],
 	    fz_nousbfs[PATH_MAX];
 static struct stat fz_node;	/* the device's usbfs node */
-static int fz_node_fd = -1;	/* the descriptor p2pusb wrapped, last */
+static int fz_node_addr;	/* ... 001/<this> */
+
+/* The descriptors p2pusb wrapped, to find one left open at the end. */
+#define MAX_WRAPPED	16
+static struct { int fd; struct stat node; } fz_wrapped[MAX_WRAPPED];
+static int fz_nwrapped;
+static unsigned fz_mem_calls;	/* libusb_dev_mem_alloc's, this run */
 
 static void fs_write(const char *name, const char *attr, const char *value)
 {
@@ -540,7 +787,6 @@ static void fs_create(void)
 {
 	const char *tmp = getenv("TMPDIR");
 	char path[PATH_MAX * 2];
-	int fd;
 
 	snprintf(fz_root, sizeof(fz_root), "%s/p2pusb-fuzz.XXXXXX",
 		 tmp && *tmp ? tmp : "/tmp");
@@ -561,12 +807,31 @@ static void fs_create(void)
 	fs_interface("1-1:2.0", "02");
 	fs_interface("1-1:2.1", "0a");
 	fs_interface("1-2:1.0", "09");
-	snprintf(path, sizeof(path), "%s/001/002", fz_usbfs);
-	fd = open(path, O_RDWR | O_CREAT, 0644);
+	sysfs_usb = fz_sysfs;
+}
+
+/* The device's usbfs node moves to address ADDR: a new file. */
+static void fs_node(int addr)
+{
+	char path[PATH_MAX * 2];
+	int fd;
+
+	if (addr == fz_node_addr)
+		return;
+	snprintf(path, sizeof(path), "%s/001/%03d", fz_usbfs, addr);
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0644);
 	if (fd < 0 || fstat(fd, &fz_node) < 0)
 		err(1, "%s", path);
 	close(fd);
-	sysfs_usb = fz_sysfs;
+	if (fz_node_addr) {
+		snprintf(path, sizeof(path), "%s/001/%03d", fz_usbfs,
+			 fz_node_addr);
+		if (unlink(path) < 0)
+			err(1, "%s", path);
+	}
+	fz_node_addr = addr;
+	snprintf(path, sizeof(path), "%d", addr);
+	fs_write("1-1", "devnum", path);
 }
 
 static void fake_reset(int flags)
@@ -586,8 +851,37 @@ static void fake_reset(int flags)
 	for (i = 0; i < NIFS; i++)
 		fz_dev.bound[i] = (flags & F_DRIVER) && find_interface(i);
 	fs_sync_config();
+	fs_node(fz_devs[DEV_GADGET].addr);
 	usbfs_dir = flags & F_OPEN_FAIL ? fz_nousbfs : fz_usbfs;
-	fz_node_fd = -1;
+	fz_nwrapped = 0;
+	fz_nomem = 0;
+	fz_mem_calls = 0;
+}
+
+/*
+ * A reset after which the kernel sees other descriptors: it disconnects
+ * the device and enumerates it anew, at the next address.  Every handle
+ * of the old one is stale; the new one is configured and probed by
+ * drivers as at plug-in.
+ */
+static void fz_reenumerate(void)
+{
+	int i;
+
+	fz_dev.gen++;
+	fz_dev.stale_turns = 0;
+	fz_dev.reenumerations++;
+	kill_where(on_any, 0, LIBUSB_TRANSFER_NO_DEVICE);
+	fz_dev.claimed = 0;
+	fz_devs[DEV_GADGET].addr = fz_devs[DEV_GADGET].addr < 4 ? 4 :
+				   fz_devs[DEV_GADGET].addr + 1;
+	fs_node(fz_devs[DEV_GADGET].addr);
+	fz_dev.config = fz_dev.flags & F_UNCONFIGURED ? 0 : 1;
+	fs_sync_config();
+	memset(fz_dev.alt, 0, sizeof(fz_dev.alt));
+	for (i = 0; i < NIFS; i++)
+		fz_dev.bound[i] = (fz_dev.flags & F_DRIVER) &&
+				  find_interface(i);
 }
 
 /* ---- the fake libusb: context, devices, descriptors ------------------- */
@@ -797,6 +1091,7 @@ int libusb_open(libusb_device *d, libusb_device_handle **h)
 		return LIBUSB_ERROR_NO_MEM;
 	(*h)->dev = libusb_ref_device(d);
 	(*h)->fd = -1;
+	(*h)->gen = fz_dev.gen;
 	fz_dev.handles++;
 	return 0;
 }
@@ -824,7 +1119,15 @@ int libusb_wrap_sys_device(libusb_context *ctx, intptr_t fd,
 		return LIBUSB_ERROR_NO_MEM;
 	(*h)->dev = libusb_ref_device(&fz_devs[DEV_GADGET]);
 	(*h)->fd = (int)fd;
-	fz_node_fd = (int)fd;
+	(*h)->node = st;
+	(*h)->gen = fz_dev.gen;
+	if (fz_nwrapped < MAX_WRAPPED) {
+		fz_wrapped[fz_nwrapped].fd = (int)fd;
+		fz_wrapped[fz_nwrapped++].node = st;
+	}
+	fz_dev.opened = 1;
+	fz_dev.last_open = *h;
+	fz_dev.open_reset = 0;
 	fz_dev.handles++;
 	return 0;
 }
@@ -847,11 +1150,11 @@ static int bad_interface(int i)
 }
 
 /* usbfs's answer before it looks at what interface I is bound to. */
-static int interface_error(int i)
+static int interface_error(const libusb_device_handle *h, int i)
 {
 	if (bad_interface(i))
 		return LIBUSB_ERROR_INVALID_PARAM;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	if (!find_interface(i))
 		return LIBUSB_ERROR_NOT_FOUND;
@@ -860,17 +1163,15 @@ static int interface_error(int i)
 
 int libusb_kernel_driver_active(libusb_device_handle *h, int i)
 {
-	int rc = interface_error(i);
+	int rc = interface_error(h, i);
 
-	(void)h;
 	return rc ? rc : fz_dev.bound[i];
 }
 
 int libusb_detach_kernel_driver(libusb_device_handle *h, int i)
 {
-	int rc = interface_error(i);
+	int rc = interface_error(h, i);
 
-	(void)h;
 	if (rc)
 		return rc;
 	if (!fz_dev.bound[i])
@@ -882,9 +1183,8 @@ int libusb_detach_kernel_driver(libusb_device_handle *h, int i)
 /* USBDEVFS_CONNECT: the kernel probes drivers; 0 even when none matches. */
 int libusb_attach_kernel_driver(libusb_device_handle *h, int i)
 {
-	int rc = interface_error(i);
+	int rc = interface_error(h, i);
 
-	(void)h;
 	if (rc)
 		return rc;
 	if ((fz_dev.claimed >> i & 1) || fz_dev.bound[i])
@@ -900,7 +1200,7 @@ int libusb_claim_interface(libusb_device_handle *h, int i)
 		return LIBUSB_ERROR_INVALID_PARAM;
 	if (h->claimed >> i & 1)
 		return 0;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	if (!find_interface(i))
 		return LIBUSB_ERROR_NOT_FOUND;
@@ -928,7 +1228,7 @@ int libusb_release_interface(libusb_device_handle *h, int i)
 		return LIBUSB_ERROR_INVALID_PARAM;
 	if (!(h->claimed >> i & 1))
 		return LIBUSB_ERROR_NOT_FOUND;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	fz_release(h, i);
 	return 0;
@@ -940,7 +1240,7 @@ int libusb_set_interface_alt_setting(libusb_device_handle *h, int i, int alt)
 		return LIBUSB_ERROR_INVALID_PARAM;
 	if (!(h->claimed >> i & 1))
 		return LIBUSB_ERROR_NOT_FOUND;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	if (!find_alt(i, alt))
 		return LIBUSB_ERROR_NOT_FOUND;
@@ -951,8 +1251,7 @@ int libusb_set_interface_alt_setting(libusb_device_handle *h, int i, int alt)
 
 int libusb_get_configuration(libusb_device_handle *h, int *config)
 {
-	(void)h;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	*config = fz_dev.config;
 	return 0;
@@ -963,10 +1262,9 @@ int libusb_set_configuration(libusb_device_handle *h, int value)
 {
 	int i;
 
-	(void)h;
 	if (value < -1 || value > 255)
 		return LIBUSB_ERROR_INVALID_PARAM;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	for (i = 0; i < NIFS; i++)
 		if (find_interface(i) && (fz_dev.bound[i] || (fz_dev.claimed >> i & 1)))
@@ -984,12 +1282,20 @@ int libusb_set_configuration(libusb_device_handle *h, int value)
 	return 0;
 }
 
+/*
+ * USBDEVFS_CLEAR_HALT finds the endpoint among the interfaces' (ENOENT
+ * for endpoint 0).  A request for endpoint 0's halt is the device's to
+ * answer, through an ordinary control transfer.
+ */
 int libusb_clear_halt(libusb_device_handle *h, unsigned char ep)
 {
 	int ifnum;
 
-	(void)h;
-	if (fz_dev.gone)
+	if ((ep & 0x0f) == 0)
+		fz_fail("ep0", "libusb_clear_halt of endpoint 0x%02x: usbfs "
+			"says ENOENT; CLEAR_FEATURE(ENDPOINT_HALT) of endpoint "
+			"0 goes to the device", ep);
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	if (!find_ep(ep, &ifnum))
 		return LIBUSB_ERROR_NOT_FOUND;
@@ -998,13 +1304,29 @@ int libusb_clear_halt(libusb_device_handle *h, unsigned char ep)
 	return 0;
 }
 
-/* Every URB dies (ep0 too); libusb re-claims; altsettings are restored. */
+/*
+ * Every URB dies (ep0 too); libusb re-claims; altsettings are restored.
+ * Armed by the control bytes, a reset fails (LIBUSB_ERROR_OTHER, libusb's
+ * "reset failed"), or the kernel enumerates the device anew after it
+ * (ENODEV: LIBUSB_ERROR_NOT_FOUND, the handle is stale).
+ */
 int libusb_reset_device(libusb_device_handle *h)
 {
-	(void)h;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
+	if (fz_dev.reset_fail > 0) {
+		fz_dev.reset_fail--;
+		fz_dev.reset_failures++;
+		return LIBUSB_ERROR_OTHER;
+	}
+	if (fz_dev.reenum > 0) {
+		fz_dev.reenum--;
+		fz_reenumerate();
+		return LIBUSB_ERROR_NOT_FOUND;
+	}
 	kill_where(on_any, 0, LIBUSB_TRANSFER_COMPLETED);
+	if (h == fz_dev.last_open)
+		fz_dev.open_reset = 1;	/* the session's is clean */
 	return 0;
 }
 
@@ -1029,15 +1351,16 @@ void libusb_close(libusb_device_handle *h)
 	if (h->fd >= 0) {
 		struct stat st;
 
-		if (fstat(h->fd, &st) < 0 || st.st_ino != fz_node.st_ino)
+		if (fstat(h->fd, &st) < 0 || st.st_ino != h->node.st_ino ||
+		    st.st_dev != h->node.st_dev)
 			fz_fail("libusb", "usbfs descriptor %d closed before "
 				"libusb_close", h->fd);
 	}
 	if (h->mapped)
 		fz_fail("libusb", "libusb_close with %d mapped buffers left",
 			h->mapped);
-	for (i = 0; i < 32; i++)
-		if (h->claimed >> i & 1)
+	for (i = 0; i < 32; i++)	/* a stale handle's went with it */
+		if ((h->claimed >> i & 1) && !h_gone(h))
 			fz_release(h, i);
 	libusb_unref_device(h->dev);
 	fz_dev.handles--;
@@ -1059,11 +1382,10 @@ static void read_buffer(const uint8_t *p, size_t len)
 	fz_sink = x;
 }
 
-/* usbfs memory, as malloc: every odd call fails, as on a kernel without
- * usbfs mmap, so both of p2pusb's buffer kinds are exercised. */
+/* usbfs memory, as malloc: every odd call of a run fails, as on a kernel
+ * without usbfs mmap, so both of p2pusb's buffer kinds are exercised. */
 unsigned char *libusb_dev_mem_alloc(libusb_device_handle *h, size_t len)
 {
-	static unsigned calls;
 	unsigned char *p;
 
 	if (!h || len == 0 || len % 4096)
@@ -1071,7 +1393,7 @@ unsigned char *libusb_dev_mem_alloc(libusb_device_handle *h, size_t len)
 	if (h->mapped >= URB_SPARES)
 		fz_fail("p2pusb", "more than %d buffers mapped for one device",
 			URB_SPARES);
-	if (calls++ % 2 || !(p = malloc(len)))
+	if (fz_mem_calls++ % 2 || h_gone(h) || !(p = malloc(len)))
 		return NULL;
 	h->mapped++;
 	return p;
@@ -1091,7 +1413,7 @@ struct libusb_transfer *libusb_alloc_transfer(int iso_packets)
 {
 	struct fx *f;
 
-	if (iso_packets < 0)
+	if (iso_packets < 0 || fz_alloc_fails(0))
 		return NULL;
 	f = calloc(1, FX_HDR + sizeof(struct libusb_transfer) +
 		   (size_t)iso_packets *
@@ -1187,7 +1509,7 @@ int libusb_submit_transfer(struct libusb_transfer *t)
 		fz_fail("libusb", "libusb_submit_transfer without a device handle");
 	if (!t->callback)
 		fz_fail("libusb", "libusb_submit_transfer without a callback");
-	if (fz_dev.gone)
+	if (h_gone(t->dev_handle))
 		return LIBUSB_ERROR_NO_DEVICE;
 	rc = submit_checks(t);
 	if (rc)
@@ -1212,7 +1534,7 @@ int libusb_cancel_transfer(struct libusb_transfer *t)
 
 	if (!f->inflight || f->cancelled || f->cancel_lost)
 		return LIBUSB_ERROR_NOT_FOUND;
-	if (fz_dev.gone)
+	if (h_gone(t->dev_handle))
 		return LIBUSB_ERROR_NO_DEVICE;	/* already killed by unplug */
 	b = fz_dev.force ? -1 : ctl_next();
 	if (b >= 0 && (b & 0x80)) {
@@ -1322,6 +1644,26 @@ static int pending_count(void)
 	return n;
 }
 
+/* A device runs its control requests one after the other: a later one
+ * waits while one submitted before it is still with the device. */
+static int behind_control(const struct fx *f)
+{
+	const struct libusb_transfer *t = xfer_of((struct fx *)f);
+	const struct fx *e;
+
+	if (t->type != LIBUSB_TRANSFER_TYPE_CONTROL)
+		return 0;
+	for (e = fz_dev.pending; e && e != f; e = e->next) {
+		const struct libusb_transfer *et = xfer_of((struct fx *)e);
+
+		if (et->type == LIBUSB_TRANSFER_TYPE_CONTROL &&
+		    et->dev_handle == t->dev_handle && !e->cancelled &&
+		    !e->killed)
+			return 1;
+	}
+	return 0;
+}
+
 int libusb_handle_events_timeout_completed(libusb_context *ctx,
 					   struct timeval *tv, int *completed)
 {
@@ -1354,6 +1696,8 @@ int libusb_handle_events_timeout_completed(libusb_context *ctx,
 			fz_complete(f, f->kill_status, FATE_KILLED);
 			continue;
 		}
+		if (behind_control(f) && !f->cancelled)
+			continue;
 		fate = fz_dev.force ? -1 : ctl_next();
 		if (fate < 0 && fz_dev.hold && !f->cancelled && !f->cancel_lost)
 			continue;
@@ -1485,10 +1829,9 @@ int libusb_control_transfer(libusb_device_handle *h, uint8_t request_type,
 {
 	uint16_t i;
 
-	(void)h;
 	(void)index;
 	(void)timeout;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	if (!(request_type & 0x80)) {
 		read_buffer(data, length);
@@ -1504,8 +1847,7 @@ int libusb_get_string_descriptor_ascii(libusb_device_handle *h,
 				       uint8_t index, unsigned char *data,
 				       int length)
 {
-	(void)h;
-	if (fz_dev.gone)
+	if (h_gone(h))
 		return LIBUSB_ERROR_NO_DEVICE;
 	if (length < 1)
 		return LIBUSB_ERROR_INVALID_PARAM;
@@ -1516,15 +1858,24 @@ int libusb_get_string_descriptor_ascii(libusb_device_handle *h,
 /* ---- the client's view: what it sent, and what came back -------------- */
 
 #define DEVID_1_1	(1u << 16 | 2)
+#define DEVID_REENUM	(1u << 16 | 4)	/* 1-1 after a STEP_REENUM */
 
 struct mcmd {
 	uint32_t seq;
 	int unlink;
 	uint32_t victim;	/* CMD_UNLINK */
+	int early;		/* ... sent before its victim's CMD_SUBMIT,
+				 * which has not come (yet) */
 	uint32_t dir, ep;	/* CMD_SUBMIT */
 	int32_t len, np;
 	int answered;		/* RET_SUBMIT seen, or given back by unlink */
 };
+
+/* vhci_hcd's seqnums count up, modulo 2^32: is A newer than B? */
+static int seq_newer(uint32_t a, uint32_t b)
+{
+	return (int32_t)(a - b) > 0;
+}
 
 enum { HS_NONE, HS_DEVLIST, HS_IMPORT, HS_BAD };
 
@@ -1565,10 +1916,22 @@ static struct mcmd *model_find(uint32_t seq, int unlink, int answered)
  * Frames the client's bytes as vhci_hcd would have written them.  It stops
  * where the server must end the session (bad version, bad command), so
  * that what it records is what the server may answer.
+ *
+ * vhci_hcd numbers its commands with one counter, and a device's submits
+ * leave in that order; its unlinks leave from another queue and can
+ * overtake the CMD_SUBMIT they name (Linux 6.12).  So an unlink of a
+ * seqnum newer than every submit so far is vhci-like: its URB is on the
+ * way.  It is answered RET_UNLINK -ECONNRESET when that submit comes (and
+ * the URB gets no RET_SUBMIT), or RET_UNLINK 0 when a later submit passes
+ * it (the URB will never come); until then it need not be answered.  The
+ * server holds EARLY_UNLINKS of them: more is not vhci-like.
  */
 static void model_parse(const uint8_t *w, size_t n)
 {
 	size_t pos = 0;
+	uint32_t newest = 0;	/* the newest CMD_SUBMIT so far, */
+	int submitted = 0;	/*   if any */
+	int nearly = 0;		/* unlinks early, victim not come yet */
 	int i;
 
 	memset(&fz_model, 0, sizeof(fz_model));
@@ -1597,7 +1960,8 @@ static void model_parse(const uint8_t *w, size_t n)
 		uint32_t cmd = get32(h), seq = get32(h + 4);
 
 		if ((cmd != USBIP_CMD_SUBMIT && cmd != USBIP_CMD_UNLINK) ||
-		    get32(h + 8) != DEVID_1_1)
+		    (get32(h + 8) != DEVID_1_1 &&
+		     get32(h + 8) != DEVID_REENUM))
 			return;
 		if (cmd == USBIP_CMD_SUBMIT) {
 			int32_t len = (int32_t)get32(h + 24);
@@ -1634,14 +1998,39 @@ static void model_parse(const uint8_t *w, size_t n)
 			for (i = 0; i < fz_model.n - 1; i++)
 				if (fz_model.cmds[i].seq == m->victim)
 					v = &fz_model.cmds[i];
-			/* vhci unlinks only its own URBs, once each */
-			if (!v || v->unlink)
+			/* vhci unlinks only its own URBs, once each: one sent
+			 * already, or one on its way (older than the unlink) */
+			if (v && v->unlink)
 				fz_model.vhci_like = 0;
+			if (!v) {
+				m->early = 1;
+				if ((submitted &&
+				     !seq_newer(m->victim, newest)) ||
+				    !seq_newer(seq, m->victim))
+					fz_model.vhci_like = 0;
+				if (++nearly > EARLY_UNLINKS)
+					fz_model.vhci_like = 0;
+			}
 			for (i = 0; i < fz_model.n - 1; i++)
 				if (fz_model.cmds[i].unlink &&
 				    fz_model.cmds[i].victim == m->victim)
 					fz_model.vhci_like = 0;
 		} else {
+			/* its submits go in order; it answers early unlinks */
+			if (submitted && !seq_newer(seq, newest))
+				fz_model.vhci_like = 0;
+			newest = seq;
+			submitted = 1;
+			for (i = 0; i < fz_model.n - 1; i++) {
+				struct mcmd *e = &fz_model.cmds[i];
+
+				if (e->unlink && e->early &&
+				    (e->victim == seq ||
+				     seq_newer(seq, e->victim))) {
+					e->early = 0;
+					nearly--;
+				}
+			}
 			m->dir = get32(h + 12);
 			m->ep = get32(h + 16);
 			m->len = (int32_t)get32(h + 24);
@@ -1687,7 +2076,8 @@ static void check_record(const uint8_t *p)
 	    fz_dev.flags & F_UNCONFIGURED ? NULL : &gadget_configs[0];
 
 	unpack_device(p, &d);
-	if (strcmp(d.busid, "1-1") != 0 || d.busnum != 1 || d.devnum != 2 ||
+	if (strcmp(d.busid, "1-1") != 0 || d.busnum != 1 ||
+	    d.devnum != fz_devs[DEV_GADGET].addr ||
 	    d.speed != USB_SPEED_HIGH || d.idVendor != 0x1d6b ||
 	    d.idProduct != 0x0104 || d.bNumConfigurations != 2 ||
 	    d.bConfigurationValue != (cfg ? cfg->bConfigurationValue : 0) ||
@@ -1730,6 +2120,23 @@ static int ep_is_iso(uint32_t dir, uint32_t ep)
 	return e && (e->bmAttributes & 3) == ISOC;
 }
 
+/*
+ * A device answers the control requests on endpoint 0 in the order they
+ * were made (the host controller runs them one at a time), and drivers
+ * count on that: the RET_SUBMIT of one comes after those of every earlier
+ * one not given back by an unlink.
+ */
+static void check_order(const struct mcmd *m)
+{
+	const struct mcmd *e;
+
+	for (e = fz_model.cmds; e < m; e++)
+		if (!e->unlink && e->ep == 0 && !e->answered)
+			fz_fail("order", "RET_SUBMIT seq %u (endpoint 0) "
+				"before that of seq %u, sent earlier: control "
+				"requests complete in order", m->seq, e->seq);
+}
+
 /* One RET_SUBMIT or RET_UNLINK; returns its size, 0 if not all here. */
 static size_t parse_ret(const uint8_t *p, size_t avail)
 {
@@ -1754,8 +2161,8 @@ static size_t parse_ret(const uint8_t *p, size_t avail)
 			fz_fail("answer", "RET_UNLINK seq %u status %d", seq, status);
 		if (status == -ECONNRESET && !v)
 			fz_fail("answer", "RET_UNLINK seq %u says seq %u was "
-			     "cancelled, but it was answered already", seq,
-			     u->victim);
+			     "cancelled, but it was answered already (or never "
+			     "sent)", seq, u->victim);
 		return USBIP_HEADER_SIZE;
 	}
 	if (cmd == USBIP_RET_SUBMIT) {
@@ -1812,6 +2219,8 @@ static size_t parse_ret(const uint8_t *p, size_t avail)
 			fz_fail("iso", "RET_SUBMIT seq %u (status %d): iso "
 			     "actual_lengths add up to %u, actual_length is %d: "
 			     "vhci_hcd drops the device", seq, status, sum, actual);
+		if (m->ep == 0 && fz_model.vhci_like)
+			check_order(m);
 		if (!m->answered)
 			m->answered = 1;
 		return need;
@@ -1848,10 +2257,14 @@ static void out_parse(void)
 			if (fz_model.handshake != HS_IMPORT || code != OP_REP_IMPORT)
 				fz_fail("wire", "reply op code %04x", code);
 			if (get32(p + 4) != ST_OK) {
+				/* refused: allowed where import_device()
+				 * cannot get a clean device */
 				int want_ok = usb && !fz_dev.gone &&
 				    fz_peer2 < 0 && !(fz_dev.flags &
 				    (F_OPEN_FAIL | F_CLAIM_FAIL | F_WRAP_FAIL)) &&
-				    strcmp(fz_model.busid, "1-1") == 0;
+				    strcmp(fz_model.busid, "1-1") == 0 &&
+				    !fz_dev.reset_failures &&
+				    fz_dev.reenumerations < 2;
 
 				if (want_ok)
 					fz_fail("wire", "import of 1-1 refused: "
@@ -1865,6 +2278,14 @@ static void out_parse(void)
 			if (strcmp(fz_model.busid, "1-1") != 0)
 				fz_fail("wire", "import of \"%.32s\" accepted",
 				     fz_model.busid);
+			/* a session starts from a reset device */
+			if (!fz_dev.open_reset)
+				fz_fail("reset", "import of 1-1 accepted, but "
+					"the device p2pusb opened last was not "
+					"reset (%d resets failed, %d "
+					"re-enumerated it)",
+					fz_dev.reset_failures,
+					fz_dev.reenumerations);
 			check_record(p + OP_COMMON_SIZE);
 			fz_out.imported = 1;
 			pos += OP_REP_IMPORT_SIZE;
@@ -1953,13 +2374,14 @@ static void check_conns(void)
 					     xfer_of(f)->endpoint);
 			continue;
 		}
-		if (fz_dev.gone)
-			continue;
+		if (h_gone(c->handle))
+			continue;	/* it hears of that next turn */
 		/* (with F_CLAIM_FAIL claims fail: not p2pusb's doing) */
 		for (i = 0; i < NIFS && !(fz_dev.flags & F_CLAIM_FAIL); i++) {
 			if (!find_interface(i))
 				continue;
-			if (!(c->handle->claimed >> i & 1) || fz_dev.bound[i])
+			if (!(c->handle->claimed >> i & 1) ||
+			    !(fz_dev.claimed >> i & 1) || fz_dev.bound[i])
 				fz_fail("claim", "session live (config %d) but "
 				     "interface %d is %s", fz_dev.config, i,
 				     fz_dev.bound[i] ? "bound to its kernel driver"
@@ -1993,8 +2415,10 @@ static void fz_pump(void)
 	reap_conns();
 	if (usb) {
 		libusb_handle_events_timeout_completed(usb, &zero, NULL);
-		/* usbfs descriptors report POLLERR, from the next turn on */
-		if (fz_dev.gone && fz_dev.gone_turns++ > 0)
+		/* usbfs descriptors report POLLERR, from the next turn on
+		 * (a stale one's too) */
+		if ((fz_dev.gone && fz_dev.gone_turns++ > 0) ||
+		    (fz_dev.gen && fz_dev.stale_turns++ > 0))
 			end_unplugged_sessions();
 		for (c = conns; c; c = c->next)
 			write_output(c);
@@ -2051,8 +2475,11 @@ static void second_client(void)
 		abort();
 	add_conn(sv[0], sv[0], "fuzz-client-2");
 	pack_import_request(req, "1-1");
-	if (write(sv[1], req, sizeof(req)) != (ssize_t)sizeof(req))
-		abort();
+	/* refused (out of memory, STEP_NOMEM), its end is closed */
+	if (write(sv[1], req, sizeof(req)) != (ssize_t)sizeof(req)) {
+		close(sv[1]);
+		return;
+	}
 	fz_peer2 = sv[1];
 }
 
@@ -2114,6 +2541,12 @@ static void run_input(const uint8_t *data, size_t size)
 			fz_unplug();
 		if ((b & 0xf0) == STEP_SECOND && fz_peer2 < 0)
 			second_client();
+		if (b >= 0 && (b & 0xf0) == STEP_NOMEM)
+			fz_nomem++;
+		if (b >= 0 && (b & 0xf0) == STEP_RESET_FAIL)
+			fz_dev.reset_fail++;
+		if (b >= 0 && (b & 0xf0) == STEP_REENUM)
+			fz_dev.reenum++;
 		if (want > nwire - sent)
 			want = nwire - sent;
 		n = want ? write(fz_peer, wire + sent, want) : 0;
@@ -2137,7 +2570,9 @@ static void run_input(const uint8_t *data, size_t size)
 	    c->rxhave == 0 && fz_quiet() && fz_model.complete && fz_model.vhci_like &&
 	    fz_out.state == OUT_URBS) {
 		for (i = 0; i < fz_model.n; i++)
-			if (!fz_model.cmds[i].answered)
+			/* (an early unlink is held for its URB) */
+			if (!fz_model.cmds[i].answered &&
+			    !fz_model.cmds[i].early)
 				fz_fail("answer", "%s seq %u never answered",
 				     fz_model.cmds[i].unlink ? "CMD_UNLINK" :
 				     "CMD_SUBMIT", fz_model.cmds[i].seq);
@@ -2172,13 +2607,14 @@ static void run_input(const uint8_t *data, size_t size)
 		     fz_dev.transfers);
 	if (fz_dev.handles)
 		fz_fail("leak", "%d device handles left open", fz_dev.handles);
-	if (fz_node_fd >= 0) {
+	for (i = 0; i < fz_nwrapped; i++) {
 		struct stat st;
 
-		if (fstat(fz_node_fd, &st) == 0 && st.st_ino == fz_node.st_ino &&
-		    st.st_dev == fz_node.st_dev)
+		if (fstat(fz_wrapped[i].fd, &st) == 0 &&
+		    st.st_ino == fz_wrapped[i].node.st_ino &&
+		    st.st_dev == fz_wrapped[i].node.st_dev)
 			fz_fail("leak", "usbfs descriptor %d left open",
-				fz_node_fd);
+				fz_wrapped[i].fd);
 	}
 	for (i = 0; i < NDEVS; i++)
 		if (fz_devs[i].refs != 1)
@@ -2186,8 +2622,10 @@ static void run_input(const uint8_t *data, size_t size)
 			     i, fz_devs[i].refs);
 	if (!fz_dev.gone && fz_dev.claimed)
 		fz_fail("giveback", "interfaces %#x still claimed", fz_dev.claimed);
+	/* imported, or opened for an import refused after all */
 	for (i = 0; i < NIFS && !fz_dev.gone && (mode & F_DRIVER); i++)
-		if (find_interface(i) && !fz_dev.bound[i] && fz_out.imported)
+		if (find_interface(i) && !fz_dev.bound[i] &&
+		    (fz_out.imported || fz_dev.opened))
 			fz_fail("giveback", "interface %d not back with its kernel "
 			     "driver", i);
 	free(wire);
@@ -2196,6 +2634,307 @@ static void run_input(const uint8_t *data, size_t size)
 	memset(&fz_out, 0, sizeof(fz_out));
 	memset(&fz_model, 0, sizeof(fz_model));
 }
+
+/* ---- the client side: handshake replies and the --via relay ----------- */
+
+/*
+ * With -DFUZZ_CLIENT the input is what a server (or whatever answers
+ * there) sends to `p2pusb list`, `p2pusb attach`, and attach --via's
+ * relay, which frames the server's RET stream on its way to vhci_hcd:
+ *   byte 0      mode: CL_* below, | CL_DEAF
+ *   byte 1      n: how many control bytes follow (the relay's steps)
+ *   n bytes     control, one per relay step: CL_TO_VHCI says the server
+ *               sends it (else vhci_hcd's commands, toward the server),
+ *               CL_LATER keeps it for relay() itself at the end (else
+ *               the framer takes it now), the low 4 bits its size
+ *               (chunk_sizes); when they run out, the rest goes:
+ *   the rest    what the server sends, after what the steps took
+ * request_devlist() and request_import() read from a socketpair holding
+ * the whole reply, then its end; the relay's steps go through frame(),
+ * then relay() runs on socketpairs holding what is left, to the end of
+ * the server's bytes (CL_RELAY_DETACH: vhci_hcd's end closes first).
+ * p2pusb's errx() and err() jump back here.  Checks, as for the server:
+ *   text      a message or a printed line is not one line of printable
+ *             ASCII (a busid or product name from the network, raw)
+ *   refusal   a well-formed refusal is not reported as one
+ *   import    request_import() accepted a reply vhci_hcd cannot take
+ *             (not OK, another busid, an unknown speed), or read more or
+ *             less than its 320 bytes
+ *   output    `list` printed another number of lines than it listed
+ *   wire      the request the client sent is not the spec's
+ *   relay     relay() forwarded other bytes than it was given, or said
+ *             vhci_hcd ended the session while its end is open
+ */
+enum { CL_DEVLIST, CL_IMPORT, CL_RELAY, CL_RELAY_DETACH };
+#define CL_DEAF		0x04	/* the server reads nothing */
+#define CL_TO_VHCI	0x80
+#define CL_LATER	0x40
+#define CL_MAX_INPUT	65536	/* what fits in a socketpair at once */
+#define CL_PEER		"fuzz-server"
+
+static jmp_buf fz_client_jmp;
+static int fz_client_returned;	/* the call under test returned */
+
+static void xsocketpair(int sv[2])
+{
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		abort();
+}
+
+/* All of P into FD, which must take it at once. */
+static void put_all(int fd, const void *p, size_t n)
+{
+	if (n && write(fd, p, n) != (ssize_t)n)
+		abort();
+}
+
+/* What is waiting in FD, up to LEN bytes, without blocking. */
+static size_t take_all(int fd, uint8_t *buf, size_t len)
+{
+	size_t got = 0;
+	ssize_t n;
+
+	while (got < len &&
+	       (n = recv(fd, buf + got, len - got, MSG_DONTWAIT)) > 0)
+		got += (size_t)n;
+	return got;
+}
+
+static int reply_ok(const uint8_t *r, size_t n, uint16_t code)
+{
+	return n >= OP_COMMON_SIZE && get16(r) == USBIP_VERSION &&
+	       get16(r + 2) == code && get32(r + 4) == ST_OK;
+}
+
+/* A reply that says no, well-formed: p2pusb must say so, not more. */
+static void check_refusal(const uint8_t *r, size_t n, uint16_t code)
+{
+	if (n < OP_COMMON_SIZE || get16(r) != USBIP_VERSION ||
+	    get16(r + 2) != code || get32(r + 4) == ST_OK)
+		return;
+	if (fz_client_returned)
+		fz_fail("refusal", "status %u accepted", get32(r + 4));
+	if (!strstr(fz_exit_msg, "refused") &&
+	    !strstr(fz_exit_msg, "not offered"))
+		fz_fail("refusal", "status %u reported as \"%s\"",
+			get32(r + 4), fz_exit_msg);
+}
+
+static void client_devlist(int mode, const uint8_t *r, size_t n)
+{
+	static const uint8_t want[OP_COMMON_SIZE] = {
+		0x01, 0x11, 0x80, 0x05, 0, 0, 0, 0,
+	};
+	uint8_t req[64];
+	size_t got;
+	int sv[2];
+
+	xsocketpair(sv);
+	put_all(sv[1], r, n);
+	shutdown(sv[1], SHUT_WR);
+	if (mode & CL_DEAF)
+		shutdown(sv[1], SHUT_RD);
+	fz_exit_jmp = &fz_client_jmp;
+	if (setjmp(fz_client_jmp) == 0) {
+		request_devlist(sv[0], CL_PEER);
+		fz_client_returned = 1;
+	}
+	fz_exit_jmp = NULL;
+	got = take_all(sv[1], req, sizeof(req));
+	if (!(mode & CL_DEAF) &&
+	    (got != sizeof(want) || memcmp(req, want, sizeof(want))))
+		fz_fail("wire", "OP_REQ_DEVLIST sent as %zu bytes", got);
+	if (fz_client_returned && (mode & CL_DEAF))
+		fz_fail("wire", "request_devlist() went on, its request "
+			"unsent");
+	if (!(mode & CL_DEAF))
+		check_refusal(r, n, OP_REP_DEVLIST);
+	if (fz_client_returned) {
+		uint32_t ndev = n >= OP_COMMON_SIZE + 4 ?
+				get32(r + OP_COMMON_SIZE) : 0;
+
+		if (!reply_ok(r, n, OP_REP_DEVLIST))
+			fz_fail("output", "a broken OP_REP_DEVLIST accepted");
+		if (fz_print_lines != (int)(ndev ? ndev : 1))
+			fz_fail("output", "%d lines printed for %u devices",
+				fz_print_lines, ndev);
+	}
+	close(sv[0]);
+	close(sv[1]);
+}
+
+/* As with --via: the reply comes on one descriptor, the request leaves
+ * on another. */
+static void client_import(int mode, const uint8_t *r, size_t n)
+{
+	uint8_t want[OP_REQ_IMPORT_SIZE], req[64];
+	struct usbip_usb_device rec;
+	int down[2], up[2], unread = -1;
+	size_t got;
+
+	xsocketpair(down);
+	xsocketpair(up);
+	put_all(down[1], r, n);
+	shutdown(down[1], SHUT_WR);
+	if (mode & CL_DEAF) {
+		close(up[1]);
+		up[1] = -1;
+	}
+	memset(&rec, 0, sizeof(rec));
+	fz_exit_jmp = &fz_client_jmp;
+	if (setjmp(fz_client_jmp) == 0) {
+		request_import(down[0], up[0], "1-1", CL_PEER, &rec);
+		fz_client_returned = 1;
+	}
+	fz_exit_jmp = NULL;
+	pack_import_request(want, "1-1");
+	got = up[1] < 0 ? 0 : take_all(up[1], req, sizeof(req));
+	if (up[1] >= 0 &&
+	    (got != sizeof(want) || memcmp(req, want, sizeof(want))))
+		fz_fail("wire", "OP_REQ_IMPORT sent as %zu bytes", got);
+	if (!(mode & CL_DEAF))
+		check_refusal(r, n, OP_REP_IMPORT);
+	if (fz_client_returned) {
+		if ((mode & CL_DEAF) || !reply_ok(r, n, OP_REP_IMPORT))
+			fz_fail("import", "accepted a failed handshake");
+		if (strncmp(rec.busid, "1-1", sizeof(rec.busid)) != 0)
+			fz_fail("import", "accepted a record for another "
+				"busid");
+		/* vhci_hcd's attach takes these speeds only (EINVAL) */
+		if (rec.speed < USB_SPEED_LOW ||
+		    rec.speed > USB_SPEED_SUPER_PLUS)
+			fz_fail("import", "accepted speed %u, which vhci_hcd "
+				"refuses", rec.speed);
+		/* what follows is vhci_hcd's to read */
+		if (ioctl(down[0], FIONREAD, &unread) < 0 ||
+		    (size_t)unread != n - OP_REP_IMPORT_SIZE)
+			fz_fail("import", "read %zu bytes of the reply, not %d",
+				n - (size_t)unread, OP_REP_IMPORT_SIZE);
+	}
+	close(down[0]);
+	close(down[1]);
+	close(up[0]);
+	if (up[1] >= 0)
+		close(up[1]);
+}
+
+/* A prefix of WANT (what relay() forwards until it stops)? */
+static void check_forwarded(const char *toward, int fd, const uint8_t *want,
+			    size_t n)
+{
+	static uint8_t got[2 * CL_MAX_INPUT];
+	size_t len;
+
+	if (fd < 0)
+		return;
+	len = take_all(fd, got, sizeof(got));
+	if (len > n || memcmp(got, want, len) != 0)
+		fz_fail("relay", "%zu bytes forwarded toward %s, not the %zu "
+			"bytes it was given", len, toward, n);
+}
+
+static void client_relay(int mode, const uint8_t *ctl, size_t nctl,
+			 const uint8_t *d, size_t n)
+{
+	static uint8_t later[2][CL_MAX_INPUT];	/* [CL_TO_VHCI?] */
+	struct framer to_server = { .who = CL_PEER },
+		      to_vhci = { .who = CL_PEER };
+	size_t nlater[2] = { 0, 0 }, pos = 0, i;
+	int vh[2], up[2], down[2], r;
+	struct link l;
+
+	/* The steps: framed as they would pass, in the order given. */
+	for (i = 0; i < nctl; i++) {
+		int server = ctl[i] & CL_TO_VHCI ? 1 : 0;
+		size_t step = chunk_sizes[ctl[i] & 15];
+
+		if (step > n - pos)
+			step = n - pos;
+		if (ctl[i] & CL_LATER) {
+			memcpy(later[server] + nlater[server], d + pos, step);
+			nlater[server] += step;
+		} else if (frame(server ? &to_vhci : &to_server, d + pos,
+				 step) != 0) {
+			return;		/* the relay ends there */
+		}
+		pos += step;
+	}
+	memcpy(later[1] + nlater[1], d + pos, n - pos);
+	nlater[1] += n - pos;
+
+	/* relay() itself, on what is left: to the server's end. */
+	xsocketpair(vh);
+	xsocketpair(up);
+	xsocketpair(down);
+	put_all(vh[1], later[0], nlater[0]);
+	put_all(down[1], later[1], nlater[1]);
+	shutdown(down[1], SHUT_WR);
+	if (mode & CL_DEAF) {
+		close(up[1]);
+		up[1] = -1;
+	}
+	if ((mode & 3) == CL_RELAY_DETACH) {
+		close(vh[1]);
+		vh[1] = -1;
+	}
+	memset(&l, 0, sizeof(l));
+	l.rfd = down[0];
+	l.wfd = up[0];
+	snprintf(l.peer, sizeof(l.peer), "%s", CL_PEER);
+	r = relay(vh[0], &l, 0);
+	if (r == 0 && vh[1] >= 0)
+		fz_fail("relay", "relay() says vhci_hcd ended the session, "
+			"but its end is open");
+	check_forwarded("the server", up[1], later[0], nlater[0]);
+	check_forwarded("vhci_hcd", vh[1], later[1], nlater[1]);
+	close(vh[0]);
+	close(up[0]);
+	close(down[0]);
+	close(down[1]);
+	if (vh[1] >= 0)
+		close(vh[1]);
+	if (up[1] >= 0)
+		close(up[1]);
+}
+
+static void run_client_input(const uint8_t *data, size_t size)
+{
+	size_t nctl, n;
+	int mode;
+
+	if (size > CL_MAX_INPUT)
+		size = CL_MAX_INPUT;
+	mode = size > 0 ? data[0] : 0;
+	nctl = size > 1 ? data[1] : 0;
+	if (nctl > (size > 2 ? size - 2 : 0))
+		nctl = size > 2 ? size - 2 : 0;
+	n = size - (size > 2 ? 2 : size) - nctl;
+	log_n = 0;
+	fz_print_lines = 0;
+	fz_client_returned = 0;
+	fz_exit_msg[0] = '\0';
+	io_timeout_ms = 1000;	/* the reply is all there: never waited */
+	switch (mode & 3) {
+	case CL_DEVLIST:
+		client_devlist(mode, data + size - n, n);
+		break;
+	case CL_IMPORT:
+		client_import(mode, data + size - n, n);
+		break;
+	default:
+		client_relay(mode, data + 2, nctl, data + size - n, n);
+	}
+	free(pending);		/* the relay's table: once per process */
+	pending = NULL;
+	npending = pending_cap = 0;
+}
+
+/* Which side this build fuzzes: -DFUZZ_CLIENT, the client's. */
+#ifdef FUZZ_CLIENT
+static const int fz_client_target = 1;
+#else
+static const int fz_client_target = 0;
+#endif
 
 static void setup_once(void)
 {
@@ -2220,7 +2959,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	run_input(data, size);
+	(fz_client_target ? run_client_input : run_input)(data, size);
 	return 0;
 }
 
@@ -2232,6 +2971,7 @@ struct seed {
 	uint8_t ctl[256], wire[8192];
 	size_t nctl, nwire;
 	int mode;
+	uint32_t devid;		/* in what s_submit writes; 0: 1-1's */
 };
 
 static void s_ctl(struct seed *s, int n, ...)
@@ -2296,7 +3036,7 @@ static void s_submit(struct seed *s, uint32_t seq, uint32_t dir, uint32_t ep,
 
 	put32(h, USBIP_CMD_SUBMIT);
 	put32(h + 4, seq);
-	put32(h + 8, DEVID_1_1);
+	put32(h + 8, s->devid ? s->devid : DEVID_1_1);
 	put32(h + 12, dir);
 	put32(h + 16, ep);
 	put32(h + 20, flags);
@@ -2318,6 +3058,13 @@ static void s_unlink(struct seed *s, uint32_t seq, uint32_t victim)
 	put32(h + 8, DEVID_1_1);
 	put32(h + 20, victim);
 	s_bytes(s, h, sizeof(h));
+}
+
+/* N unlinks: seqnums SEQ, SEQ + 1, ... of VICTIM, VICTIM + 1, ... */
+static void s_unlinks(struct seed *s, int n, uint32_t seq, uint32_t victim)
+{
+	while (n-- > 0)
+		s_unlink(s, seq++, victim++);
 }
 
 static void s_iso(struct seed *s, uint32_t offset, uint32_t length)
@@ -2508,8 +3255,324 @@ static int make_corpus(const char *dir)
 		s_submit(&s, 1, 1, 0, 0, 18, 0, get_dev_desc),
 		s_submit(&s, 2, 0, 0, 0, 0, 0, SETUP(0, 9, 1, 0, 0, 0, 0, 0)),
 		s_submit(&s, 3, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+
+	/* An unlink overtakes the submit it names (vhci_hcd on 6.12): the
+	 * URB is answered RET_UNLINK -ECONNRESET on arrival, not run. */
+	SEED("unlink-before-submit", (s.mode = F_IMPORT,
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL),
+		s_unlink(&s, 3, 2),
+		s_submit(&s, 2, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+	/* ... where a later submit comes instead: that URB never will. */
+	SEED("unlink-passed", (s.mode = F_IMPORT,
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL),
+		s_unlink(&s, 3, 2),
+		s_submit(&s, 4, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+	/* ... with seqnums that wrap past 0xffffffff. */
+	SEED("unlink-before-submit-wrap", (s.mode = F_IMPORT,
+		s_submit(&s, 0xfffffffe, 1, 1, URB_DIR_IN, 512, 0, NULL),
+		s_unlink(&s, 0, 0xffffffff),
+		s_submit(&s, 0xffffffff, 1, 1, URB_DIR_IN, 512, 0, NULL),
+		s_unlink(&s, 2, 1),
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+	/* More early unlinks than are held: the oldest is answered. */
+	SEED("unlink-early-overflow", (s.mode = F_IMPORT,
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL),
+		s_unlinks(&s, EARLY_UNLINKS + 1, 100, 2),
+		s_submit(&s, 2, 1, 1, URB_DIR_IN, 512, 0, NULL),
+		s_submit(&s, 30, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+
+	/* Endpoint 0 in order: a control transfer stays with the device
+	 * while a request answered by p2pusb itself comes behind it. */
+	SEED("ctrl-pending-then-set-interface", (s.mode = F_IMPORT,
+		s_ctl(&s, 4, fz_chunk(40), fz_chunk(48), fz_chunk(48),
+		      FATE_PENDING),
+		s_submit(&s, 1, 1, 0, 0, 18, 0, get_dev_desc),
+		s_submit(&s, 2, 0, 0, 0, 0, 0,
+			 SETUP(1, 11, 1, 0, 0, 0, 0, 0))));
+	SEED("ctrl-pending-then-clear-halt", (s.mode = F_IMPORT,
+		s_ctl(&s, 4, fz_chunk(40), fz_chunk(48), fz_chunk(48),
+		      FATE_PENDING),
+		s_submit(&s, 1, 1, 0, 0, 18, 0, get_dev_desc),
+		s_submit(&s, 2, 0, 0, 0, 0, 0,
+			 SETUP(2, 1, 0, 0, 0x81, 0, 0, 0))));
+	SEED("ctrl-pending-then-port-reset", (s.mode = F_IMPORT,
+		s_ctl(&s, 4, fz_chunk(40), fz_chunk(48), fz_chunk(48),
+		      FATE_PENDING),
+		s_submit(&s, 1, 1, 0, 0, 18, 0, get_dev_desc),
+		s_submit(&s, 2, 0, 0, 0, 0, 0,
+			 SETUP(0x23, 3, 4, 0, 1, 0, 0, 0))));
+	/* ... one refused before it reaches the device (wLength > length). */
+	SEED("ctrl-pending-then-refused", (s.mode = F_IMPORT,
+		s_ctl(&s, 4, fz_chunk(40), fz_chunk(48), fz_chunk(48),
+		      FATE_PENDING),
+		s_submit(&s, 1, 1, 0, 0, 18, 0, get_dev_desc),
+		s_submit(&s, 2, 1, 0, 0, 8, 0, get_dev_desc)));
+	/* ... held, then unlinked: RET_UNLINK -ECONNRESET, never run. */
+	SEED("ctrl-held-unlinked", (s.mode = F_IMPORT,
+		s_ctl(&s, 6, fz_chunk(40), fz_chunk(48), fz_chunk(48),
+		      FATE_PENDING, fz_chunk(48), FATE_PENDING),
+		s_submit(&s, 1, 1, 0, 0, 18, 0, get_dev_desc),
+		s_submit(&s, 2, 0, 0, 0, 0, 0, SETUP(0, 9, 2, 0, 0, 0, 0, 0)),
+		s_unlink(&s, 3, 2)));
+	/* CLEAR_FEATURE(ENDPOINT_HALT) of endpoint 0 (OUT, then IN) is an
+	 * ordinary request for the device: usbfs clears no halt there. */
+	SEED("clear-halt-ep0", (s.mode = F_IMPORT,
+		s_submit(&s, 1, 0, 0, 0, 0, 0, SETUP(2, 1, 0, 0, 0, 0, 0, 0)),
+		s_submit(&s, 2, 0, 0, 0, 0, 0,
+			 SETUP(2, 1, 0, 0, 0x80, 0, 0, 0))));
+
+	/* Out of memory: the session ends, the server and device do not. */
+	SEED("nomem-big-urb", (s.mode = F_IMPORT | F_DRIVER,
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, URB_LENGTH_MAX, 0, NULL)));
+	SEED("nomem-urb", (s.mode = F_IMPORT | F_DRIVER,
+		s_ctl(&s, 2, fz_chunk(40), STEP_NOMEM | fz_chunk(48)),
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+	SEED("nomem-ret-unlink", (s.mode = F_IMPORT | F_DRIVER,
+		s_ctl(&s, 3, fz_chunk(40), fz_chunk(48),
+		      STEP_NOMEM | fz_chunk(48)),
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL),
+		s_unlink(&s, 2, 1)));
+	SEED("nomem-import-reply", (s.mode = F_DRIVER,
+		s_ctl(&s, 1, STEP_NOMEM | fz_chunk(40)), s_import(&s, "1-1")));
+	SEED("nomem-devlist", (s_ctl(&s, 1, STEP_NOMEM | fz_chunk(8)),
+		s_op(&s, USBIP_VERSION, OP_REQ_DEVLIST)));
+
+	/* The reset at import fails: refused, the interfaces given back. */
+	SEED("import-reset-fails", (s.mode = F_DRIVER,
+		s_ctl(&s, 1, STEP_RESET_FAIL | fz_chunk(40)),
+		s_import(&s, "1-1")));
+	/* ... or the device comes back enumerated anew: opened again. */
+	SEED("import-reenumerated", (s.mode = F_DRIVER,
+		s_ctl(&s, 1, STEP_REENUM | fz_chunk(40)), s_import(&s, "1-1"),
+		s.devid = DEVID_REENUM,
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+	SEED("import-reenumerated-twice", (s.mode = F_DRIVER,
+		s_ctl(&s, 2, STEP_REENUM | fz_chunk(0),
+		      STEP_REENUM | fz_chunk(40)), s_import(&s, "1-1")));
+	/* A hub's PORT_RESET after which the device is enumerated anew:
+	 * the session's handle is stale, and the session ends. */
+	SEED("port-reset-reenumerated", (s.mode = F_IMPORT | F_DRIVER,
+		s_ctl(&s, 3, fz_chunk(40), STEP_REENUM | fz_chunk(48),
+		      fz_chunk(48)),
+		s_submit(&s, 1, 0, 0, 0, 0, 0,
+			 SETUP(0x23, 3, 4, 0, 1, 0, 0, 0)),
+		s_submit(&s, 2, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+	/* The reset at give-back fails: the interfaces go back anyway. */
+	SEED("giveback-reset-fails", (s.mode = F_IMPORT | F_DRIVER,
+		s_ctl(&s, 3, fz_chunk(40), fz_chunk(48),
+		      STEP_RESET_FAIL | fz_chunk(0)),
+		s_submit(&s, 1, 1, 1, URB_DIR_IN, 512, 0, NULL)));
+	/* A busid that would rewrite a terminal: logged escaped. */
+	SEED("import-busid-escape", (s_op(&s, USBIP_VERSION, OP_REQ_IMPORT),
+		s_bytes(&s, "1-1\x1b[2J\r\nimported 1-1\0\0\0\0\0\0\0\0"
+			"\0\0\0\0\0\0", 32)));
 #undef SEED
 	return rc ? 1 : 0;
+}
+
+/* -- the client target's seeds: tests/corpus/client -- */
+
+/* A relay step of N bytes, in as few control bytes as chunk_sizes take. */
+static void c_step(struct seed *s, int flags, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	while (n > 0) {
+		int i = 14;	/* 512: the largest but "all" */
+
+		while (chunk_sizes[i] > n)
+			i--;
+		s->ctl[s->nctl++] = (uint8_t)(flags | i);
+		s_bytes(s, b, chunk_sizes[i]);
+		b += chunk_sizes[i];
+		n -= chunk_sizes[i];
+	}
+}
+
+static void c_op(struct seed *s, uint16_t code, uint32_t status)
+{
+	uint8_t b[OP_COMMON_SIZE];
+
+	pack_op_common(b, code, status);
+	s_bytes(s, b, sizeof(b));
+}
+
+/* A device record as a server sends it: BUSID (raw, up to 31 bytes). */
+static void c_record(struct seed *s, const char *busid, uint32_t speed,
+		     int nifs)
+{
+	struct usbip_usb_device d;
+	uint8_t b[USBIP_DEVICE_SIZE];
+
+	memset(&d, 0, sizeof(d));
+	snprintf(d.path, sizeof(d.path), "/sys/devices/platform/usb1/1-1");
+	memcpy(d.busid, busid, strnlen(busid, sizeof(d.busid) - 1));
+	d.busnum = 1;
+	d.devnum = 2;
+	d.speed = speed;
+	d.idVendor = 0x1d6b;
+	d.idProduct = 0x0104;
+	d.bcdDevice = 0x0100;
+	d.bConfigurationValue = 1;
+	d.bNumConfigurations = 1;
+	d.bNumInterfaces = (uint8_t)nifs;
+	pack_device(b, &d);
+	s_bytes(s, b, sizeof(b));
+	while (nifs-- > 0)
+		s_bytes(s, "\xff\x00\x00\x00", USBIP_INTERFACE_SIZE);
+}
+
+/* A URB header: A at 0x14 (flags, status, unlinked seqnum), B at 0x18
+ * (length, actual length), NP at 0x20. */
+static void c_header(uint8_t *h, uint32_t cmd, uint32_t seq, uint32_t dir,
+		     uint32_t ep, uint32_t a, uint32_t b, uint32_t np)
+{
+	memset(h, 0, USBIP_HEADER_SIZE);
+	put32(h, cmd);
+	put32(h + 4, seq);
+	put32(h + 8, cmd == USBIP_CMD_SUBMIT || cmd == USBIP_CMD_UNLINK ?
+		     DEVID_1_1 : 0);
+	put32(h + 12, dir);
+	put32(h + 16, ep);
+	put32(h + 20, a);
+	put32(h + 24, b);
+	put32(h + 32, np);
+}
+
+/* One message of the relay's streams: a header and PAYLOAD bytes. */
+static void c_msg(struct seed *s, int flags, uint32_t cmd, uint32_t seq,
+		  uint32_t dir, uint32_t a, uint32_t b, uint32_t np,
+		  size_t payload)
+{
+	uint8_t m[USBIP_HEADER_SIZE + 512];
+	size_t i;
+
+	c_header(m, cmd, seq, dir, 1, a, b, np);
+	for (i = 0; i < payload; i++)
+		m[USBIP_HEADER_SIZE + i] = (uint8_t)(i * 13);
+	if (flags < 0)		/* the rest: no control byte */
+		s_bytes(s, m, USBIP_HEADER_SIZE + payload);
+	else
+		c_step(s, flags, m, USBIP_HEADER_SIZE + payload);
+}
+
+#define V2S	0		/* vhci_hcd's command, framed now */
+#define S2V	CL_TO_VHCI	/* the server's reply, framed now */
+#define REST	(-1)		/* the server's, through relay() */
+#define SUBMIT	USBIP_CMD_SUBMIT
+#define UNLINK	USBIP_CMD_UNLINK
+#define RSUBMIT	USBIP_RET_SUBMIT
+#define RUNLINK	USBIP_RET_UNLINK
+
+static int make_client_corpus(const char *dir)
+{
+	struct seed s;
+	int rc = 0;
+
+#define SEED(name, body) do {						\
+		memset(&s, 0, sizeof(s));				\
+		body;							\
+		rc |= write_seed(dir, name, &s);			\
+	} while (0)
+
+	SEED("devlist-ok", (s.mode = CL_DEVLIST,
+		c_op(&s, OP_REP_DEVLIST, ST_OK), s_bytes(&s, "\0\0\0\2", 4),
+		c_record(&s, "1-1", USB_SPEED_HIGH, 1),
+		c_record(&s, "1-2.4", USB_SPEED_SUPER, 2)));
+	SEED("devlist-empty", (s.mode = CL_DEVLIST,
+		c_op(&s, OP_REP_DEVLIST, ST_OK), s_bytes(&s, "\0\0\0\0", 4)));
+	/* A refusal is the 8 bytes of op_common, and then the end. */
+	SEED("devlist-refused", (s.mode = CL_DEVLIST,
+		c_op(&s, OP_REP_DEVLIST, ST_NA)));
+	/* A busid that retitles the terminal and fakes a second line. */
+	SEED("devlist-escape", (s.mode = CL_DEVLIST,
+		c_op(&s, OP_REP_DEVLIST, ST_OK), s_bytes(&s, "\0\0\0\1", 4),
+		c_record(&s, "1-1\x1b]0;owned\x07\n9-9", USB_SPEED_HIGH, 0)));
+	SEED("devlist-truncated", (s.mode = CL_DEVLIST,
+		c_op(&s, OP_REP_DEVLIST, ST_OK), s_bytes(&s, "\0\0\0\3", 4),
+		c_record(&s, "1-1", USB_SPEED_HIGH, 1), s.nwire -= 100));
+	SEED("devlist-bad-version", (s.mode = CL_DEVLIST,
+		c_op(&s, OP_REP_DEVLIST, ST_OK), s.wire[1] = 0x06,
+		s_bytes(&s, "\0\0\0\0", 4)));
+	SEED("devlist-deaf", (s.mode = CL_DEVLIST | CL_DEAF,
+		c_op(&s, OP_REP_DEVLIST, ST_OK), s_bytes(&s, "\0\0\0\0", 4)));
+
+	/* An import, and the first reply behind it: vhci_hcd's to read. */
+	SEED("import-ok", (s.mode = CL_IMPORT, c_op(&s, OP_REP_IMPORT, ST_OK),
+		c_record(&s, "1-1", USB_SPEED_HIGH, 0),
+		c_msg(&s, REST, RSUBMIT, 1, 0, 0, 0, 0, 0)));
+	SEED("import-refused", (s.mode = CL_IMPORT,
+		c_op(&s, OP_REP_IMPORT, ST_DEV_BUSY)));
+	SEED("import-no-such-busid", (s.mode = CL_IMPORT,
+		c_op(&s, OP_REP_IMPORT, ST_NODEV)));
+	/* vhci_hcd refuses a speed it does not know: not attached. */
+	SEED("import-unknown-speed", (s.mode = CL_IMPORT,
+		c_op(&s, OP_REP_IMPORT, ST_OK),
+		c_record(&s, "1-1", USB_SPEED_UNKNOWN, 0)));
+	SEED("import-speed-too-high", (s.mode = CL_IMPORT,
+		c_op(&s, OP_REP_IMPORT, ST_OK),
+		c_record(&s, "1-1", USB_SPEED_SUPER_PLUS + 1, 0)));
+	SEED("import-busid-escape", (s.mode = CL_IMPORT,
+		c_op(&s, OP_REP_IMPORT, ST_OK),
+		c_record(&s, "1-1\x1b[2J\x1b[H\r\nok", USB_SPEED_HIGH, 0)));
+	SEED("import-truncated", (s.mode = CL_IMPORT,
+		c_op(&s, OP_REP_IMPORT, ST_OK),
+		c_record(&s, "1-1", USB_SPEED_HIGH, 0), s.nwire -= 200));
+	SEED("import-wrong-code", (s.mode = CL_IMPORT,
+		c_op(&s, OP_REP_DEVLIST, ST_OK),
+		c_record(&s, "1-1", USB_SPEED_HIGH, 0)));
+	SEED("import-deaf", (s.mode = CL_IMPORT | CL_DEAF,
+		c_op(&s, OP_REP_IMPORT, ST_OK),
+		c_record(&s, "1-1", USB_SPEED_HIGH, 0)));
+
+	/* The relay: an IN and an OUT transfer, an unlink, iso, replies
+	 * interleaved; the last ones through relay() to the server's end. */
+	SEED("relay-session", (s.mode = CL_RELAY,
+		c_msg(&s, V2S, SUBMIT, 1, USBIP_DIR_IN, 0, 64, 0, 0),
+		c_msg(&s, V2S, SUBMIT, 2, USBIP_DIR_OUT, 0, 16, 0, 16),
+		c_msg(&s, S2V, RSUBMIT, 1, 0, 0, 64, 0, 64),
+		c_msg(&s, V2S, SUBMIT, 3, USBIP_DIR_IN, 0, 512, 0, 0),
+		c_msg(&s, V2S, UNLINK, 4, 0, 3, 0, 0, 0),
+		c_msg(&s, S2V, RSUBMIT, 2, 0, 0, 16, 0, 0),
+		c_msg(&s, S2V, RUNLINK, 4, 0, (uint32_t)-ECONNRESET, 0, 0, 0),
+		c_msg(&s, V2S, SUBMIT, 5, USBIP_DIR_IN, 0, 2048, 2, 32),
+		c_msg(&s, V2S | CL_LATER, SUBMIT, 6, USBIP_DIR_IN, 0, 8, 0, 0),
+		c_msg(&s, REST, RSUBMIT, 5, 0, 0, 0, 2, 32),
+		c_msg(&s, REST, RSUBMIT, 6, 0, 0, 8, 0, 8)));
+	/* A reply for an URB given back already: the stream is broken. */
+	SEED("relay-submit-after-unlink", (s.mode = CL_RELAY,
+		c_msg(&s, V2S, SUBMIT, 1, USBIP_DIR_IN, 0, 64, 0, 0),
+		c_msg(&s, V2S, UNLINK, 2, 0, 1, 0, 0, 0),
+		c_msg(&s, S2V, RUNLINK, 2, 0, (uint32_t)-ECONNRESET, 0, 0, 0),
+		c_msg(&s, S2V, RSUBMIT, 1, 0, 0, 64, 0, 64)));
+	SEED("relay-unknown-seqnum", (s.mode = CL_RELAY,
+		c_msg(&s, REST, RSUBMIT, 7, 0, 0, 64, 0, 64)));
+	SEED("relay-negative-length", (s.mode = CL_RELAY,
+		c_msg(&s, V2S | CL_LATER, SUBMIT, 1, USBIP_DIR_IN, 0, 64, 0, 0),
+		c_msg(&s, REST, RSUBMIT, 1, 0, 0, (uint32_t)-5, 0, 0)));
+	/* vhci_hcd detaches: its end closes. */
+	SEED("relay-detach", (s.mode = CL_RELAY_DETACH,
+		c_msg(&s, V2S, SUBMIT, 1, USBIP_DIR_IN, 0, 64, 0, 0),
+		c_msg(&s, REST, RSUBMIT, 1, 0, 0, 64, 0, 64)));
+	/* The server's end reads nothing: the relay ends, and says so. */
+	SEED("relay-deaf", (s.mode = CL_RELAY | CL_DEAF,
+		c_msg(&s, V2S | CL_LATER, SUBMIT, 1, USBIP_DIR_IN, 0, 64, 0, 0),
+		c_msg(&s, REST, RSUBMIT, 1, 0, 0, 64, 0, 64)));
+#undef SEED
+	return rc ? 1 : 0;
+}
+
+/* Both seed sets: the server's in DIR, the client's in DIR/client. */
+static int make_corpora(const char *dir)
+{
+	char sub[PATH_MAX];
+
+	snprintf(sub, sizeof(sub), "%s/client", dir);
+	if (mkdir(sub, 0755) < 0 && errno != EEXIST) {
+		perror(sub);
+		return 1;
+	}
+	return make_corpus(dir) | make_client_corpus(sub);
 }
 
 /* -- decoding an input, for reading a crash -- */
@@ -2607,6 +3670,40 @@ static int fz_decode(const char *path)
 	return 0;
 }
 
+/* A client input: its mode, its relay steps, the server's bytes. */
+static int cl_decode(const char *path)
+{
+	static const char *modes[] = { "devlist", "import", "relay",
+				       "relay, vhci_hcd detaches" };
+	const uint8_t *buf;
+	size_t n, i, nctl, pos;
+
+	if (!(buf = slurp(path, &n)))
+		return 1;
+	nctl = n > 1 ? buf[1] : 0;
+	if (nctl > (n > 2 ? n - 2 : 0))
+		nctl = n > 2 ? n - 2 : 0;
+	printf("mode      %#04x %s%s\n", n ? buf[0] : 0,
+	       modes[n ? buf[0] & 3 : 0],
+	       n && (buf[0] & CL_DEAF) ? ", the server reads nothing" : "");
+	pos = 2 + nctl < n ? 2 + nctl : n;
+	for (i = 0; i < nctl; i++) {
+		uint8_t b = buf[2 + i];
+		size_t len = chunk_sizes[b & 15];
+		char what[64];
+
+		if (len > n - pos)
+			len = n - pos;
+		snprintf(what, sizeof(what), "%s%s",
+			 b & CL_TO_VHCI ? "server" : "vhci",
+			 b & CL_LATER ? "*" : "");
+		hexline(what, buf + pos, len);
+		pos += len;
+	}
+	hexline("server", buf + pos, n - pos);
+	return 0;
+}
+
 /* -- replay -- */
 
 static int run_file(const char *path)
@@ -2617,7 +3714,7 @@ static int run_file(const char *path)
 	if (!(buf = slurp(path, &n)))
 		return 1;
 	fprintf(stderr, "replay %s (%zu bytes)\n", path, n);
-	run_input(buf, n);
+	(fz_client_target ? run_client_input : run_input)(buf, n);
 	return 0;
 }
 
@@ -2639,8 +3736,13 @@ static int run_dir(const char *path, int *count)
 		return run_file(path);
 	}
 	while ((e = readdir(d)) != NULL) {
-		if (e->d_name[0] == '.')
-			continue;
+		struct stat st;
+		char sub[PATH_MAX];
+
+		snprintf(sub, sizeof(sub), "%s/%s", path, e->d_name);
+		if (e->d_name[0] == '.' || (stat(sub, &st) == 0 &&
+					    S_ISDIR(st.st_mode)))
+			continue;	/* the client's seeds: their own run */
 		if (n == cap) {
 			cap = cap ? 2 * cap : 64;
 			names = realloc(names, cap * sizeof(*names));
@@ -2667,9 +3769,9 @@ int main(int argc, char **argv)
 
 	setup_once();
 	if (argc == 3 && strcmp(argv[1], "-g") == 0)
-		return make_corpus(argv[2]);
+		return make_corpora(argv[2]);
 	if (argc == 3 && strcmp(argv[1], "-d") == 0)
-		return fz_decode(argv[2]);
+		return (fz_client_target ? cl_decode : fz_decode)(argv[2]);
 	if (argc < 2) {
 		fprintf(stderr, "usage: %s FILE|DIR...   replay inputs\n"
 			"       %s -g DIR          write the seed corpus\n"

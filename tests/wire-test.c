@@ -1,9 +1,11 @@
 /*
  * wire-test.c - p2pusb's wire encoding against hand-written byte vectors.
  *
- * Every vector below was written by hand from /work/shared/USBIP-PROTOCOL.md
- * (offsets, sizes, big-endian), never produced by p2pusb's own encoder: a
- * vector places bytes at the spec table's offsets and everything else is
+ * Every vector below was written by hand from the kernel's USB/IP sources
+ * (include/uapi/linux/usbip.h, drivers/usb/usbip/usbip_common.h and
+ * Documentation/usb/usbip_protocol.rst: offsets, sizes, big-endian), never
+ * produced by p2pusb's own encoder: a vector places bytes at the offsets
+ * those give and everything else is
  * zero.  Encoders write into a buffer prefilled with 0xaa and followed by a
  * guard, so a byte left unwritten or written past the end shows up too.
  *
@@ -738,6 +740,19 @@ static void test_server_reactions(void)
 
 /* ---- helpers outside the wire format ------------------------------------ */
 
+/* A status is whatever 32 bits a peer sends: INT32_MIN too (UBSan). */
+static void test_status_names(void)
+{
+	if (strcmp(status_name(-EPIPE), "EPIPE (stall)") == 0)
+		pass("status_name.EPIPE");
+	else
+		fail("status_name.EPIPE", "%s", status_name(-EPIPE));
+	if (strcmp(status_name(INT32_MIN), "errno 2147483648") == 0)
+		pass("status_name.INT32_MIN");
+	else
+		fail("status_name.INT32_MIN", "%s", status_name(INT32_MIN));
+}
+
 static void test_split_host_port(void)
 {
 	static const struct {
@@ -815,6 +830,7 @@ int main(void)
 		run_dec_case(&dec_cases[i]);
 	test_setup_little_endian();
 	test_server_reactions();
+	test_status_names();
 	test_split_host_port();
 	test_speed_from_sysfs();
 	test_busid_names();
