@@ -826,7 +826,6 @@ struct conn {
 	size_t rxneed, rxhave;
 	uint8_t inbuf[8192];		/* read ahead, not yet taken */
 	size_t inoff, inlen;
-	int drained;			/* the last read() emptied the socket */
 	struct urb *rxurb;
 
 	struct msg *outq, **outtail;	/* writing */
@@ -892,9 +891,8 @@ static void learn_endpoints(struct conn *c);
 static int take_interfaces(libusb_device_handle *h);
 static void give_back_interfaces(libusb_device_handle *h);
 static void close_device(struct conn *c);
-static void read_input(struct conn *c);
-static int wants_input(const struct conn *c);
-static ssize_t fill_input(struct conn *c);
+static int may_read(const struct conn *c);
+static ssize_t take_input(struct conn *c, int *from_socket);
 static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len);
 static void on_input(struct conn *c);
 static void on_header(struct conn *c);
@@ -1323,20 +1321,23 @@ static void close_device(struct conn *c)
 
 /* -- reading: the input state machine -- */
 
-/* poll() says the socket has input, or an error or EOF to read. */
-static void read_ready(struct conn *c)
-{
-	c->drained = 0;
-	read_input(c);
-}
+/*
+ * A connection expects one piece at a time (expect()): an 8-byte
+ * op_common, a 32-byte busid, a 48-byte header, an OUT payload, iso
+ * descriptors.  read_input() gathers it and on_input() acts on it.
+ */
 
-static void read_input(struct conn *c)
+/*
+ * Reads what C expects and acts on each complete piece while C may read
+ * (may_read()): from what was read ahead and, with FROM_SOCKET (poll()
+ * said so), from the socket until it is empty.
+ */
+static void read_input(struct conn *c, int from_socket)
 {
-	while (wants_input(c)) {
-		ssize_t n = 0;
-
+	while (may_read(c)) {
 		if (c->rxhave < c->rxneed) {
-			n = fill_input(c);
+			ssize_t n = take_input(c, &from_socket);
+
 			if (n == 0) {
 				close_conn(c, c->handle ?
 					   "client closed the connection" :
@@ -1355,7 +1356,8 @@ static void read_input(struct conn *c)
 	}
 }
 
-static int wants_input(const struct conn *c)
+/* Whether C is read at all: open, expecting input, under every limit. */
+static int may_read(const struct conn *c)
 {
 	return c->fd >= 0 && c->rx != RX_NONE && c->outbytes < OUTQ_LIMIT &&
 	       c->noutq < OUTQ_MSGS &&
@@ -1363,38 +1365,39 @@ static int wants_input(const struct conn *c)
 	       c->inflight_bytes < INFLIGHT_BYTES;
 }
 
-/* Input already read ahead: poll() would not wake us for it. */
-static int input_waiting(const struct conn *c)
+/* Input read ahead and not yet taken: poll() would not wake us for it. */
+static int has_read_ahead(const struct conn *c)
 {
-	return c->inoff < c->inlen && wants_input(c);
+	return c->inoff < c->inlen && may_read(c);
 }
 
 /*
- * Headers and short payloads come out of a read-ahead buffer, so one
- * read() serves several of them; a large OUT payload is read straight
- * into its transfer buffer.  A short read means the socket is empty, so
- * the next read() waits for poll() instead of failing with EAGAIN.
- * Returns the bytes added to rxdst, as read().
+ * Moves expected bytes into rxdst; returns how many, 0 at EOF, or -1 with
+ * errno (EAGAIN: nothing to take).  Headers and short payloads come out
+ * of a read-ahead buffer, so one read() serves several of them; a large
+ * OUT payload is read straight into its transfer buffer.  A short read
+ * means the socket is empty: *FROM_SOCKET is cleared, and the next read()
+ * waits for poll() instead of failing with EAGAIN.
  */
-static ssize_t fill_input(struct conn *c)
+static ssize_t take_input(struct conn *c, int *from_socket)
 {
 	size_t want = c->rxneed - c->rxhave, n = c->inlen - c->inoff;
 	ssize_t got;
 
-	if (n == 0 && c->drained) {
-		errno = EAGAIN;	/* poll() says when there is more */
+	if (n == 0 && !*from_socket) {
+		errno = EAGAIN;
 		return -1;
 	}
 	if (n == 0 && want >= sizeof(c->inbuf)) {
 		got = read(c->fd, c->rxdst + c->rxhave, want);
-		c->drained = got >= 0 && (size_t)got < want;
+		*from_socket = got < 0 || (size_t)got == want;
 		return got;
 	}
 	if (n == 0) {
 		got = read(c->fd, c->inbuf, sizeof(c->inbuf));
 		if (got <= 0)
 			return got;
-		c->drained = (size_t)got < sizeof(c->inbuf);
+		*from_socket = (size_t)got == sizeof(c->inbuf);
 		c->inoff = 0;
 		c->inlen = n = (size_t)got;
 	}
@@ -2516,17 +2519,19 @@ static void dispatch(struct server *sv, int ready)
 				sv->out_of_fds = 0;
 			continue;
 		}
+		/* Room in the socket again: what waited for it. */
 		if (ev & (POLLOUT | POLLERR | POLLHUP))
 			write_output(c);
 		if (ev & (POLLIN | POLLERR | POLLHUP))
-			read_ready(c);
+			read_input(c, 1);
+		/* What reading queued: handshake replies, RET_UNLINKs. */
 		if (c->fd >= 0)
 			write_output(c);
 	}
 	/* Room again for a client that was not read while behind. */
 	for (c = conns; c; c = c->next)
-		if (input_waiting(c))
-			read_input(c);
+		if (has_read_ahead(c))
+			read_input(c, 0);
 }
 
 static void pollset_add(struct server *sv, int fd, short events,
@@ -2564,11 +2569,11 @@ static void build_pollset(struct server *sv)
 		if (c->fd < 0)
 			continue;
 		if (c->wfd == c->fd) {
-			pollset_add(sv, c->fd, (short)((wants_input(c) ?
+			pollset_add(sv, c->fd, (short)((may_read(c) ?
 				    POLLIN : 0) | (c->outq ? POLLOUT : 0)), c);
 			continue;
 		}
-		pollset_add(sv, c->fd, wants_input(c) ? POLLIN : 0, c);
+		pollset_add(sv, c->fd, may_read(c) ? POLLIN : 0, c);
 		if (c->outq)
 			pollset_add(sv, c->wfd, POLLOUT, c);
 	}

@@ -11,7 +11,7 @@
  * device "1-1" and its interfaces; the usbfs node is an empty file), kept
  * in step with the fake device's configuration.  A connection is a socketpair:
  * the harness plays the client on one end, writes the fuzz input into it in
- * chunks, and runs the server's own read_ready / write_output / reap_conns
+ * chunks, and runs the server's own read_input / write_output / reap_conns
  * plus the fake's event handling in a loop, the way serve() does.  At the
  * end it closes its end and runs until the connection is reaped, so leaks
  * (LSan) and use-after-free at teardown are caught.  p2pusb's malloc,
@@ -2427,7 +2427,7 @@ static void fz_pump(void)
 		if (c->fd < 0)
 			continue;
 		write_output(c);
-		read_ready(c);
+		read_input(c, 1);
 		if (c->fd >= 0)
 			write_output(c);
 	}
@@ -2447,7 +2447,7 @@ static int fz_quiet(void)
 	if (fz_peer >= 0 && (ioctl(fz_peer, FIONREAD, &unread) < 0 || unread))
 		return 0;
 	for (c = conns; c; c = c->next)
-		if (c->fd >= 0 && (c->outq || input_waiting(c)))
+		if (c->fd >= 0 && (c->outq || has_read_ahead(c)))
 			return 0;
 	return 1;
 }
