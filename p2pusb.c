@@ -290,7 +290,6 @@ static void unpack_iso_desc(const uint8_t *p,
 #define IO_TIMEOUT_MS	10000	/* handshake replies; never on vhci's socket */
 #define VIA_TIMEOUT_MS	120000	/* --via: ssh may ask for a password first */
 
-static int io_timeout_ms = IO_TIMEOUT_MS;
 
 /*
  * A string a peer sent, fit for a terminal: a busid may hold escape
@@ -512,7 +511,8 @@ static int dial(const char *host, const char *port)
 }
 
 /* Blocking, bounded reads and writes for the client's short exchanges. */
-static void read_exact(int fd, void *buf, size_t len, const char *peer)
+static void read_exact(int fd, void *buf, size_t len, const char *peer,
+		       int timeout_ms)
 {
 	uint8_t *p = buf;
 
@@ -520,9 +520,9 @@ static void read_exact(int fd, void *buf, size_t len, const char *peer)
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		ssize_t n;
 
-		if (poll(&pfd, 1, io_timeout_ms) == 0)
+		if (poll(&pfd, 1, timeout_ms) == 0)
 			errx(1, "%s: no answer within %d s", peer,
-			     io_timeout_ms / 1000);
+			     timeout_ms / 1000);
 		n = read(fd, p, len);
 		if (n == 0)
 			errx(1, "%s closed the connection", peer);
@@ -700,31 +700,12 @@ static int describe_device(const char *busid, struct usbip_usb_device *rec,
 	return n;
 }
 
-/* The devices `serve` was told to share; with none named, all but hubs. */
-static char **offered;
-
-static int noffered;
-
-static int is_offered(const struct usbip_usb_device *rec)
-{
-	int i;
-
-	if (noffered == 0)
-		return rec->bDeviceClass != LIBUSB_CLASS_HUB;
-	for (i = 0; i < noffered; i++)
-		if (strcmp(offered[i], rec->busid) == 0)
-			return 1;
-	return 0;
-}
-
 typedef int device_fn(const struct usbip_usb_device *rec,
 		      const struct usbip_usb_interface *ifs, int nifs,
 		      void *arg);
 
-/*
- * Calls fn for every offered device in busid order (without serve's list,
- * every device but hubs); stops early when fn returns non-zero.
- */
+/* Calls fn for every device, hubs too, in busid order; stops early when
+ * fn returns non-zero. */
 static int for_each_device(device_fn *fn, void *arg)
 {
 	struct dirent **names;
@@ -738,8 +719,7 @@ static int for_each_device(device_fn *fn, void *arg)
 		int nifs;
 
 		if (rc == 0 && (nifs = describe_device(names[i]->d_name, &rec,
-						       ifs)) >= 0 &&
-		    is_offered(&rec))
+						       ifs)) >= 0)
 			rc = fn(&rec, ifs, nifs, arg);
 		free(names[i]);
 	}
@@ -815,6 +795,7 @@ enum rx_state {
 
 struct conn {
 	struct conn *next;
+	const struct serve_opts *o;
 	int fd;				/* -1 once closed */
 	int wfd;			/* the same socket, or stdout */
 	char peer[80];
@@ -858,11 +839,23 @@ struct conn {
 	int usbfs;			/* its /dev/bus/usb node */
 };
 
+/* serve's command line, as every session reads it. */
+struct serve_opts {
+	const char *addr, *port;	/* listen here (the default) */
+	const char *dial;		/* --connect HOST[:PORT]: dial out */
+	int stdio;			/* --stdio: one session, stdin/stdout */
+	long busy_poll_us;		/* --busy-poll: spin after events */
+	char **busids;			/* BUSID...: offered; none: all but */
+	int nbusids;			/*   hubs */
+	struct cidr *allowed;		/* --allow; none: everyone */
+	int nallowed;
+	int max_length;			/* -m: of one URB */
+};
+
 static struct conn *conns;
 
 static volatile sig_atomic_t stop_requested;
 
-static int max_length = URB_LENGTH_MAX;
 
 static long long now_ms(void)
 {
@@ -880,7 +873,8 @@ struct server;
 struct busy_poll;
 struct link;
 struct attach_opts;
-static void add_conn(int rfd, int wfd, const char *peer);
+static void add_conn(int rfd, int wfd, const char *peer,
+		     const struct serve_opts *o);
 static int count_conns(void);
 static void answer_devlist(struct conn *c);
 static int busid_in_use(const char *busid);
@@ -941,8 +935,8 @@ static void print_device_line(const struct usbip_usb_device *d,
 			      const char *product);
 static void trace_header(const char *who, const struct usbip_header *h,
 			 int type);
-static void parse_allow(const char *list);
-static int is_allowed(const struct sockaddr *sa);
+static void parse_allow(struct serve_opts *o, const char *list);
+static int is_allowed(const struct serve_opts *o, const struct sockaddr *sa);
 static void redial(struct server *sv);
 static int backoff(int *next_ms);
 static void accept_one(const char *where, struct link *l);
@@ -967,7 +961,7 @@ static long parse_busy_poll(const char *arg);
 /* -- a client connects -- */
 
 /* Returns -1 when the process or the system is out of descriptors. */
-static int accept_client(int lfd)
+static int accept_client(const struct serve_opts *o, int lfd)
 {
 	static int said_full;
 	struct sockaddr_storage sa;
@@ -980,7 +974,7 @@ static int accept_client(int lfd)
 		return errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
 		       errno == ENOMEM ? -1 : 0;
 	format_peer((struct sockaddr *)&sa, peer, sizeof(peer));
-	if (!is_allowed((struct sockaddr *)&sa)) {
+	if (!is_allowed(o, (struct sockaddr *)&sa)) {
 		warnx("%s: refused: not in --allow", peer);
 		close(fd);
 		return 0;
@@ -995,12 +989,13 @@ static int accept_client(int lfd)
 	}
 	said_full = 0;
 	set_tcp_options(fd);
-	add_conn(fd, fd, peer);
+	add_conn(fd, fd, peer, o);
 	return 0;
 }
 
 /* A new client: it has HANDSHAKE_MS to send its whole request. */
-static void add_conn(int rfd, int wfd, const char *peer)
+static void add_conn(int rfd, int wfd, const char *peer,
+		     const struct serve_opts *o)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 
@@ -1011,6 +1006,7 @@ static void add_conn(int rfd, int wfd, const char *peer)
 			close(wfd);
 		return;
 	}
+	c->o = o;
 	c->fd = rfd;
 	c->wfd = wfd;
 	set_nonblocking(rfd);
@@ -1053,7 +1049,23 @@ static void on_op_common(struct conn *c)
 		protocol_error(c, "unknown request 0x%04x", op.code);
 }
 
+/* Whether serve shares REC: named on its command line, or (with none
+ * named) not a hub. */
+static int is_offered(const struct serve_opts *o,
+		      const struct usbip_usb_device *rec)
+{
+	int i;
+
+	if (o->nbusids == 0)
+		return rec->bDeviceClass != LIBUSB_CLASS_HUB;
+	for (i = 0; i < o->nbusids; i++)
+		if (strcmp(o->busids[i], rec->busid) == 0)
+			return 1;
+	return 0;
+}
+
 struct devlist {
+	const struct serve_opts *o;
 	uint8_t *buf;			/* NULL: out of memory */
 	size_t len;
 	uint32_t ndev;
@@ -1067,6 +1079,8 @@ static int append_device(const struct usbip_usb_device *rec,
 	uint8_t *p;
 	int i;
 
+	if (!is_offered(dl->o, rec))
+		return 0;
 	p = realloc(dl->buf, dl->len + USBIP_DEVICE_SIZE +
 		    (size_t)nifs * USBIP_INTERFACE_SIZE);
 	if (!p) {
@@ -1086,7 +1100,7 @@ static int append_device(const struct usbip_usb_device *rec,
 static void answer_devlist(struct conn *c)
 {
 	size_t head = OP_COMMON_SIZE + sizeof(struct op_devlist_reply);
-	struct devlist dl = { .buf = malloc(head), .len = head };
+	struct devlist dl = { c->o, malloc(head), head, 0 };
 
 	if (dl.buf)
 		for_each_device(append_device, &dl);
@@ -1114,7 +1128,8 @@ static void answer_import(struct conn *c)
 		return;
 	}
 	memcpy(c->busid, c->rxbuf, SYSFS_BUS_ID_SIZE);
-	if (describe_device(c->busid, &rec, ifs) < 0 || !is_offered(&rec))
+	if (describe_device(c->busid, &rec, ifs) < 0 ||
+	    !is_offered(c->o, &rec))
 		status = ST_NODEV;
 	else if (busid_in_use(c->busid))
 		status = ST_DEV_BUSY;
@@ -1482,7 +1497,7 @@ static void on_cmd_submit(struct conn *c, const struct usbip_header *h)
 	size_t setup = h->base.ep == 0 ? LIBUSB_CONTROL_SETUP_SIZE : 0;
 	struct urb *u;
 
-	if (len < 0 || len > max_length) {
+	if (len < 0 || len > c->o->max_length) {
 		protocol_error(c, "seq %u: transfer length %d out of range",
 			       h->base.seqnum, len);
 		return;
@@ -2314,13 +2329,6 @@ static void end_unplugged_sessions(void)
 #define SHUTDOWN_MS	5000
 #define REDIAL_MAX_MS	30000
 
-/* How serve meets its clients. */
-struct serve_opts {
-	const char *addr, *port;	/* listen here (the default) */
-	const char *dial;		/* --connect HOST[:PORT]: dial out */
-	int stdio;			/* --stdio: one session, stdin/stdout */
-	long busy_poll_us;		/* --busy-poll: spin after events */
-};
 
 /* --busy-poll's window (see "making it fast"). */
 struct busy_poll {
@@ -2412,7 +2420,7 @@ static int serve(const struct serve_opts *o)
 	open_usb();
 	catch_stop_signals(&unblocked);
 	if (o->stdio) {
-		add_conn(STDIN_FILENO, STDOUT_FILENO, "stdio");
+		add_conn(STDIN_FILENO, STDOUT_FILENO, "stdio", o);
 	} else if (!o->dial) {
 		sv.nlfd = listen_on(o->addr, o->port, sv.lfd, MAX_LISTENERS);
 		warnx("serving on port %s", o->port);
@@ -2513,7 +2521,7 @@ static void dispatch(struct server *sv, int ready)
 		if (!ev)
 			continue;
 		if (!c) {
-			if (accept_client(sv->pfd[i].fd) < 0)
+			if (accept_client(sv->o, sv->pfd[i].fd) < 0)
 				pause_accepting(sv);
 			else
 				sv->out_of_fds = 0;
@@ -2663,7 +2671,8 @@ static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
 /* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
  * the socket for vhci_hcd to misread as a RET_SUBMIT. */
 static void request_import(int rfd, int wfd, const char *busid,
-			   const char *peer, struct usbip_usb_device *rec)
+			   const char *peer, int timeout_ms,
+			   struct usbip_usb_device *rec)
 {
 	uint8_t req[OP_REQ_IMPORT_SIZE], rep[OP_REP_IMPORT_SIZE];
 	char text[ESCAPED(SYSFS_BUS_ID_SIZE)];
@@ -2671,7 +2680,7 @@ static void request_import(int rfd, int wfd, const char *busid,
 
 	pack_import_request(req, busid);
 	write_all(wfd, req, sizeof(req), peer);
-	read_exact(rfd, rep, OP_COMMON_SIZE, peer);
+	read_exact(rfd, rep, OP_COMMON_SIZE, peer, timeout_ms);
 	check_op_reply(rep, OP_REP_IMPORT, peer, &op);
 	if (op.status == ST_NODEV)
 		errx(permanent_error, "busid %s not offered by %s", busid,
@@ -2679,7 +2688,8 @@ static void request_import(int rfd, int wfd, const char *busid,
 	if (op.status != ST_OK)
 		errx(1, "%s refused busid %s: %s", peer, busid,
 		     op_status_name(op.status));
-	read_exact(rfd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer);
+	read_exact(rfd, rep + OP_COMMON_SIZE, USBIP_DEVICE_SIZE, peer,
+		   timeout_ms);
 	unpack_device(rep + OP_COMMON_SIZE, rec);
 	if (strncmp(rec->busid, busid, SYSFS_BUS_ID_SIZE) != 0)
 		errx(1, "%s answered for busid %s, not %s", peer,
@@ -2690,7 +2700,7 @@ static void request_import(int rfd, int wfd, const char *busid,
 		     rec->speed, busid);
 }
 
-static void request_devlist(int fd, const char *peer)
+static void request_devlist(int fd, const char *peer, int timeout_ms)
 {
 	uint8_t buf[USBIP_DEVICE_SIZE];
 	struct op_common op;
@@ -2699,12 +2709,12 @@ static void request_devlist(int fd, const char *peer)
 	pack_op_common(buf, OP_REQ_DEVLIST, ST_OK);
 	write_all(fd, buf, OP_COMMON_SIZE, peer);
 	/* A refusal is op_common alone: the count follows only an OK. */
-	read_exact(fd, buf, OP_COMMON_SIZE, peer);
+	read_exact(fd, buf, OP_COMMON_SIZE, peer, timeout_ms);
 	check_op_reply(buf, OP_REP_DEVLIST, peer, &op);
 	if (op.status != ST_OK)
 		errx(1, "%s refused the device list: %s", peer,
 		     op_status_name(op.status));
-	read_exact(fd, buf, 4, peer);
+	read_exact(fd, buf, 4, peer, timeout_ms);
 	ndev = get32(buf);
 	for (i = 0; i < ndev; i++) {
 		struct usbip_usb_device d;
@@ -2712,10 +2722,10 @@ static void request_devlist(int fd, const char *peer)
 		uint8_t raw[USBIP_INTERFACE_SIZE];
 		int j;
 
-		read_exact(fd, buf, USBIP_DEVICE_SIZE, peer);
+		read_exact(fd, buf, USBIP_DEVICE_SIZE, peer, timeout_ms);
 		unpack_device(buf, &d);
 		for (j = 0; j < d.bNumInterfaces; j++) {
-			read_exact(fd, raw, sizeof(raw), peer);
+			read_exact(fd, raw, sizeof(raw), peer, timeout_ms);
 			unpack_interface(raw, &ifs[j]);
 		}
 		print_device_line(&d, ifs, d.bNumInterfaces, "");
@@ -2944,6 +2954,7 @@ static int attach_to_vhci(const char *dir, int fd,
 struct link {
 	int rfd, wfd;
 	pid_t child;			/* --via's command */
+	int timeout_ms;			/* for each handshake reply */
 	char host[256], service[32], peer[300];
 };
 
@@ -2959,6 +2970,7 @@ struct attach_opts {
 static void open_link(const struct attach_opts *o, struct link *l)
 {
 	memset(l, 0, sizeof(*l));
+	l->timeout_ms = IO_TIMEOUT_MS;
 	if (o->via) {
 		spawn_via(o->via, l);
 	} else if (o->listen) {
@@ -2983,7 +2995,7 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 	int sv[2], port, rc = 0;
 
 	open_link(o, &l);
-	request_import(l.rfd, l.wfd, o->busid, l.peer, &rec);
+	request_import(l.rfd, l.wfd, o->busid, l.peer, l.timeout_ms, &rec);
 	if (!o->via) {
 		port = attach_to_vhci(dir, l.rfd, &rec);
 		/* The kernel holds its own reference to the socket now. */
@@ -3083,6 +3095,8 @@ static int print_local_device(const struct usbip_usb_device *rec,
 {
 	char product[128];
 
+	if (rec->bDeviceClass == LIBUSB_CLASS_HUB)
+		return 0;
 	(*(int *)arg)++;
 	read_sysfs_attr(rec->busid, "product", product, sizeof(product));
 	print_device_line(rec, ifs, nifs, product);
@@ -3103,7 +3117,7 @@ static int cmd_list(const char *target)
 	split_host_port(target, host, sizeof(host), service, sizeof(service));
 	name_peer(host, service, peer, sizeof(peer));
 	fd = dial(host, service);
-	request_devlist(fd, peer);
+	request_devlist(fd, peer, IO_TIMEOUT_MS);
 	close(fd);
 	return 0;
 }
@@ -3143,7 +3157,8 @@ static int cmd_serve(int argc, char **argv)
 		{ "busy-poll", required_argument, NULL, 'B' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct serve_opts o = { .port = USBIP_PORT };
+	struct serve_opts o = { .port = USBIP_PORT,
+				.max_length = URB_LENGTH_MAX };
 	char *end;
 	long n;
 	int ch;
@@ -3168,7 +3183,7 @@ static int cmd_serve(int argc, char **argv)
 			o.busy_poll_us = parse_busy_poll(optarg);
 			break;
 		case 'A':
-			parse_allow(optarg);
+			parse_allow(&o, optarg);
 			break;
 		case 'm':
 			n = strtol(optarg, &end, 10);
@@ -3176,7 +3191,7 @@ static int cmd_serve(int argc, char **argv)
 			    n > INT32_MAX)
 				errx(1, "--max-length: %s is not a byte count",
 				     optarg);
-			max_length = (int)n;
+			o.max_length = (int)n;
 			break;
 		case 'v':
 			verbose++;
@@ -3186,9 +3201,9 @@ static int cmd_serve(int argc, char **argv)
 			return 1;
 		}
 	}
-	offered = argv + optind;
-	noffered = argc - optind;
-	if (o.stdio && (o.dial || noffered != 1))
+	o.busids = argv + optind;
+	o.nbusids = argc - optind;
+	if (o.stdio && (o.dial || o.nbusids != 1))
 		errx(1, "serve --stdio takes exactly one BUSID and no "
 		     "--connect");
 	return serve(&o);
@@ -3458,11 +3473,9 @@ struct cidr {
 	int bits;
 };
 
-static struct cidr *allowed;
 
-static int nallowed;
 
-static void parse_allow(const char *list)
+static void parse_allow(struct serve_opts *o, const char *list)
 {
 	char *copy = strdup(list), *tok, *save = NULL;
 
@@ -3493,11 +3506,11 @@ static void parse_allow(const char *list)
 				     slash + 1);
 			r.bits = (int)bits;
 		}
-		allowed = realloc(allowed, (size_t)(nallowed + 1) *
-				  sizeof(*allowed));
-		if (!allowed)
+		o->allowed = realloc(o->allowed, (size_t)(o->nallowed + 1) *
+				     sizeof(*o->allowed));
+		if (!o->allowed)
 			err(1, "realloc");
-		allowed[nallowed++] = r;
+		o->allowed[o->nallowed++] = r;
 	}
 	free(copy);
 }
@@ -3511,13 +3524,13 @@ static int prefix_matches(const uint8_t *a, const uint8_t *b, int bits)
 	return rest == 0 || ((a[full] ^ b[full]) & (0xff00 >> rest)) == 0;
 }
 
-static int is_allowed(const struct sockaddr *sa)
+static int is_allowed(const struct serve_opts *o, const struct sockaddr *sa)
 {
 	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
 	const uint8_t *addr;
 	int family = sa->sa_family, i;
 
-	if (nallowed == 0)
+	if (o->nallowed == 0)
 		return 1;
 	if (family == AF_INET) {
 		addr = (const uint8_t *)
@@ -3528,9 +3541,10 @@ static int is_allowed(const struct sockaddr *sa)
 	} else {
 		addr = sin6->sin6_addr.s6_addr;
 	}
-	for (i = 0; i < nallowed; i++)
-		if (allowed[i].family == family &&
-		    prefix_matches(addr, allowed[i].addr, allowed[i].bits))
+	for (i = 0; i < o->nallowed; i++)
+		if (o->allowed[i].family == family &&
+		    prefix_matches(addr, o->allowed[i].addr,
+				   o->allowed[i].bits))
 			return 1;
 	return 0;
 }
@@ -3549,7 +3563,7 @@ static void redial(struct server *sv)
 	name_peer(host, port, peer, sizeof(peer));
 	fd = try_dial(host, port, why, sizeof(why));
 	if (fd >= 0) {
-		add_conn(fd, fd, peer);
+		add_conn(fd, fd, peer, sv->o);
 		sv->backoff_ms = 0;
 		return;
 	}
@@ -3631,7 +3645,7 @@ static void spawn_via(const char *command, struct link *l)
 	close(out[1]);
 	l->wfd = in[1];
 	l->rfd = out[0];
-	io_timeout_ms = VIA_TIMEOUT_MS;
+	l->timeout_ms = VIA_TIMEOUT_MS;
 	snprintf(l->peer, sizeof(l->peer), "'%s'", command);
 	snprintf(l->host, sizeof(l->host), "via");
 	snprintf(l->service, sizeof(l->service), "relay");

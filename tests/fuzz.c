@@ -111,6 +111,9 @@ static void *fz_realloc(void *p, size_t n);
 #define realloc fz_realloc
 #define main p2pusb_main
 #include "../p2pusb.c"
+
+/* serve's options as the harness runs it: every device but hubs. */
+static const struct serve_opts fz_opts = { .max_length = URB_LENGTH_MAX };
 #undef main
 #undef malloc		/* the harness's and the fake's own: never fail */
 #undef calloc
@@ -2473,7 +2476,7 @@ static void second_client(void)
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
 		       0, sv) < 0)
 		abort();
-	add_conn(sv[0], sv[0], "fuzz-client-2");
+	add_conn(sv[0], sv[0], "fuzz-client-2", &fz_opts);
 	pack_import_request(req, "1-1");
 	/* refused (out of memory, STEP_NOMEM), its end is closed */
 	if (write(sv[1], req, sizeof(req)) != (ssize_t)sizeof(req)) {
@@ -2523,7 +2526,7 @@ static void run_input(const uint8_t *data, size_t size)
 		setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
 	}
 	fz_peer = sv[1];
-	add_conn(sv[0], sv[0], "fuzz-client");	/* as accept_client does */
+	add_conn(sv[0], sv[0], "fuzz-client", &fz_opts);	/* accept_client */
 	fz_conn1 = conns;
 
 	/* The client's bytes in chunks, the loop turning between, for as
@@ -2671,6 +2674,7 @@ enum { CL_DEVLIST, CL_IMPORT, CL_RELAY, CL_RELAY_DETACH };
 #define CL_LATER	0x40
 #define CL_MAX_INPUT	65536	/* what fits in a socketpair at once */
 #define CL_PEER		"fuzz-server"
+#define CL_TIMEOUT_MS	1000	/* the reply is all there: never waited */
 
 static jmp_buf fz_client_jmp;
 static int fz_client_returned;	/* the call under test returned */
@@ -2736,7 +2740,7 @@ static void client_devlist(int mode, const uint8_t *r, size_t n)
 		shutdown(sv[1], SHUT_RD);
 	fz_exit_jmp = &fz_client_jmp;
 	if (setjmp(fz_client_jmp) == 0) {
-		request_devlist(sv[0], CL_PEER);
+		request_devlist(sv[0], CL_PEER, CL_TIMEOUT_MS);
 		fz_client_returned = 1;
 	}
 	fz_exit_jmp = NULL;
@@ -2783,7 +2787,8 @@ static void client_import(int mode, const uint8_t *r, size_t n)
 	memset(&rec, 0, sizeof(rec));
 	fz_exit_jmp = &fz_client_jmp;
 	if (setjmp(fz_client_jmp) == 0) {
-		request_import(down[0], up[0], "1-1", CL_PEER, &rec);
+		request_import(down[0], up[0], "1-1", CL_PEER, CL_TIMEOUT_MS,
+			       &rec);
 		fz_client_returned = 1;
 	}
 	fz_exit_jmp = NULL;
@@ -2913,7 +2918,6 @@ static void run_client_input(const uint8_t *data, size_t size)
 	fz_print_lines = 0;
 	fz_client_returned = 0;
 	fz_exit_msg[0] = '\0';
-	io_timeout_ms = 1000;	/* the reply is all there: never waited */
 	switch (mode & 3) {
 	case CL_DEVLIST:
 		client_devlist(mode, data + size - n, n);

@@ -599,9 +599,12 @@ static void test_setup_little_endian(void)
 /* ---- the server's reaction to a decoded header ------------------------- */
 
 /* A connection as answer_import() leaves it, on /dev/null. */
+static const struct serve_opts wire_opts = { .max_length = URB_LENGTH_MAX };
+
 static void fake_conn(struct conn *c)
 {
 	memset(c, 0, sizeof(*c));
+	c->o = &wire_opts;
 	c->fd = open("/dev/null", O_RDWR);
 	if (c->fd < 0)
 		err(2, "/dev/null");
