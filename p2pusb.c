@@ -842,7 +842,7 @@ struct conn {
 /* serve's command line, as every session reads it. */
 struct serve_opts {
 	const char *addr, *port;	/* listen here (the default) */
-	const char *dial;		/* --connect HOST[:PORT]: dial out */
+	const char *connect_to;		/* --connect HOST[:PORT]: dial out */
 	int stdio;			/* --stdio: one session, stdin/stdout */
 	long busy_poll_us;		/* --busy-poll: spin after events */
 	char **busids;			/* BUSID...: offered; none: all but */
@@ -2421,7 +2421,7 @@ static int serve(const struct serve_opts *o)
 	catch_stop_signals(&unblocked);
 	if (o->stdio) {
 		add_conn(STDIN_FILENO, STDOUT_FILENO, "stdio", o);
-	} else if (!o->dial) {
+	} else if (!o->connect_to) {
 		sv.nlfd = listen_on(o->addr, o->port, sv.lfd, MAX_LISTENERS);
 		warnx("serving on port %s", o->port);
 	}
@@ -2435,7 +2435,7 @@ static int serve(const struct serve_opts *o)
 		resume_accepting(&sv, reap_conns());
 		if (finished(&sv))
 			break;
-		if (o->dial && !stop_requested)
+		if (o->connect_to && !stop_requested)
 			redial(&sv);
 		wait_ms = busy_poll_wait(&busy, next_wakeup_ms(&sv));
 		if (wait_ms >= 0) {
@@ -2484,7 +2484,7 @@ static int next_wakeup_ms(struct server *sv)
 		if (wait_ms < 0 || again_in < wait_ms)
 			wait_ms = again_in;
 	}
-	if (sv->o->dial && !conns) {
+	if (sv->o->connect_to && !conns) {
 		long long now = now_ms();
 		int redial_in = sv->redial_ms > now ?
 				(int)(sv->redial_ms - now) : 0;
@@ -2992,7 +2992,7 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 {
 	struct usbip_usb_device rec;
 	struct link l;
-	int sv[2], port, rc = 0;
+	int pair[2], port, rc = 0;
 
 	open_link(o, &l);
 	request_import(l.rfd, l.wfd, o->busid, l.peer, l.timeout_ms, &rec);
@@ -3001,10 +3001,10 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 		/* The kernel holds its own reference to the socket now. */
 		close(l.rfd);
 	} else {
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
 			err(1, "socketpair");
-		port = attach_to_vhci(dir, sv[1], &rec);
-		close(sv[1]);
+		port = attach_to_vhci(dir, pair[1], &rec);
+		close(pair[1]);
 	}
 	write_record(port, l.host, l.service, o->busid);
 	debug(1, "attached %s from %s (%04x:%04x, %s speed)", o->busid,
@@ -3012,9 +3012,9 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 	printf("%d\n", port);
 	fflush(stdout);
 	if (o->via) {
-		rc = relay(sv[0], &l, o->busy_poll_us);
+		rc = relay(pair[0], &l, o->busy_poll_us);
 		/* Closing our end is what makes vhci_hcd let the port go. */
-		close(sv[0]);
+		close(pair[0]);
 		close(l.rfd);
 		close(l.wfd);
 		end_child(&l);
@@ -3174,7 +3174,7 @@ static int cmd_serve(int argc, char **argv)
 			o.port = optarg;
 			break;
 		case 'c':
-			o.dial = optarg;
+			o.connect_to = optarg;
 			break;
 		case 's':
 			o.stdio = 1;
@@ -3203,7 +3203,7 @@ static int cmd_serve(int argc, char **argv)
 	}
 	o.busids = argv + optind;
 	o.nbusids = argc - optind;
-	if (o.stdio && (o.dial || o.nbusids != 1))
+	if (o.stdio && (o.connect_to || o.nbusids != 1))
 		errx(1, "serve --stdio takes exactly one BUSID and no "
 		     "--connect");
 	return serve(&o);
@@ -3559,7 +3559,8 @@ static void redial(struct server *sv)
 
 	if (conns || now_ms() < sv->redial_ms)
 		return;
-	split_host_port(sv->o->dial, host, sizeof(host), port, sizeof(port));
+	split_host_port(sv->o->connect_to, host, sizeof(host), port,
+			sizeof(port));
 	name_peer(host, port, peer, sizeof(peer));
 	fd = try_dial(host, port, why, sizeof(why));
 	if (fd >= 0) {
