@@ -1,44 +1,67 @@
 #!/bin/bash
-# bench-guest.sh [ROUNDS [PATH...]] - the benchmark's VM side, run by tests/bench.sh
-# through tests/vm.sh.  Not a pass/fail test.
+# bench-guest.sh [-m MIB] [-t SECS] ROUNDS [PATH...] - the benchmark's VM
+# side, run by tests/bench.sh through tests/vm.sh.  Not a pass/fail test.
 #
-# One mass-storage gadget on dummy_hcd (64 MiB image in the guest's /tmp)
-# is measured along every path, ROUNDS times (default 3), the order of the
-# paths rotating from round to round:
+# Every path is set up once, each on a mass-storage gadget of its own on
+# dummy_hcd (32 MiB images in the guest's /tmp), and all stay attached;
+# then the paths take turns in short slots, each p2pusb slot between two
+# slots of the kernel's usbip-host, so that its ratio to the kernel comes
+# from figures taken seconds apart (bench.sh pairs them):
+#
+#   kernel p2k kernel p2p kernel bp200 kernel kx2 p2x2 kx2 direct kernel ...
+#
+# ROUNDS (default 8) times, the order of the p2pusb paths rotating from
+# round to round.  The paths:
 #
 #   direct   the gadget's own /dev/sdX on dummy_hcd: the rig's limit
 #   kernel   usbip-host + usbipd  <->  kernel `usbip attach` (the peer)
+#   kx2      usbip-host with two gadgets, both imported with `usbip
+#            attach` and streamed at once (the peer of p2x2)
 #   p2k      p2pusb serve         <->  kernel `usbip attach`
 #   p2p      p2pusb serve         <->  p2pusb attach
+#   bpUSEC   like p2k, with p2pusb serve --busy-poll USEC (bp200, bp1000)
 #   p2x2     p2pusb serve with two gadgets, both imported with `usbip
 #            attach` and streamed at once (server RSS for two devices)
 #   cand-N   like p2k, with a candidate build $P2PUSB_OUT/bin/cand-N
-#            (bench.sh -c N=BINARY): A/B within one run
+#            (bench.sh -c N=BINARY)
 #
-# For each: sequential read and write (dd O_DIRECT bs=1M, 64 MiB), 4 KiB
+# Each p2pusb server is a process of its own on a port of its own.  Given
+# PATHs, only those are measured, plus the kernel path each is compared
+# with (kx2 for p2x2, kernel for the rest).
+#
+# A slot of one device (tests/rtt-bench.c slot, in one process: under
+# TCG each fork and exec costs tens of ms): sequential read and write
+# (1 MiB O_DIRECT, as dd bs=1M iflag=direct, MIB each, default 16), 4 KiB
 # random reads at queue depth 1 and GET_DESCRIPTOR round trips through
-# usbfs (tests/rtt-bench.c), the server's CPU time over the sequential
-# part (p2pusb: its /proc/PID/stat; kernel: its stub_rx and stub_tx
-# threads only) and the server's VmHWM.
+# usbfs for SECS each (default 1.5), the server's CPU time over the
+# sequential part (p2pusb: every thread's /proc/PID/task/*/schedstat;
+# kernel: its stub_rx and stub_tx threads only) and the server's VmHWM.
+# A slot of two devices: both read at once, then both written, MIB each;
+# the sum of their MB/s.
 #
 # Results are appended as they come to $P2PUSB_OUT/results.txt:
-#   B PATH ROUND            a measurement started
-#   R PATH ROUND KEY VALUE  one figure
-#   E PATH ROUND            it finished
-# A (PATH, ROUND) that already has an E line, or an O line (bench.sh adds
-# one when the kernel died during it), is skipped, so bench.sh can boot a
-# fresh VM after an oops and carry on where the last one died.
+#   B PATH SLOT             a measurement started (SLOT: its place in the
+#                           sequence, or "setup")
+#   R PATH SLOT KEY VALUE   one figure
+#   E PATH SLOT             it finished
+#   F PATH SLOT             it failed
+# A slot that already has an E line, or an O line (bench.sh adds one when
+# the kernel died during it), is skipped, so bench.sh can boot a fresh VM
+# after an oops and carry on where the last one died; a path whose setup
+# has an O line is left out.
 #
 # bench-guest.sh profile [MIB]: instead, profile the whole guest with perf
 # (cpu-clock, call graphs) while the kernel client copies MIB each way
 # through p2pusb serve and then through usbip-host, and p2pusb serve under
 # callgrind; reports in $P2PUSB_OUT/perf-*.txt and callgrind*.txt.
 #
-# bench-guest.sh counts: per-URB syscalls, context switches and page
-# faults of each server (see "counts mode" below), as C lines in results.
+# bench-guest.sh [-b USEC] counts: per-URB syscalls, context switches and
+# page faults of each server (see "counts mode" below), as C lines in
+# results; -b adds p2pusb serve --busy-poll USEC.
 #
-# bench-guest.sh legs: one URB's round trip split into request, device and
-# reply (see "legs mode" below), as L lines in results.
+# bench-guest.sh [-b USEC] legs: one URB's round trip split into request,
+# device and reply (see "legs mode" below), as L lines in results; -b adds
+# p2pusb serve --busy-poll USEC.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 . tests/guest-lib.sh
@@ -50,26 +73,19 @@ P2PUSB=$BIN/p2pusb
 [ -x "$P2PUSB" ] && [ -x "$BIN/rtt-bench" ] ||
 	die "no binaries in $BIN: run me through tests/bench.sh"
 PORT=3240
-MIB=64
+MIB=64		# the images of the profile, counts and legs modes
+IMG_MIB=32	# the table's images, one per gadget
+SEQ_S=3		# the table: seconds of sequential reads, and of writes, per slot
+SECS=3		# the table: seconds of 4K reads, and of control round trips
+SLICE=0.3	# the table: seconds per turn when two paths alternate
+BUSY_US=	# -b: counts and legs also with serve --busy-poll BUSY_US
+SERVE_ARGS=()	# with_p2pusb: extra arguments for serve
 RES=$P2PUSB_OUT/results.txt
-CTRL_SECS=3
-RAND_SECS=4
-TCK=$(getconf CLK_TCK)
 
 touch "$RES"
 rec() { echo "$*" >>"$RES"; }
 
 # ---- helpers ----
-
-# cpu_ticks PID...: utime + stime of the given tasks, in clock ticks.
-cpu_ticks() {
-	local p f sum=0
-	for p in "$@"; do
-		read -r -a f <"/proc/$p/stat" 2>/dev/null || continue
-		sum=$((sum + f[13] + f[14]))
-	done
-	echo $sum
-}
 
 # kthread_pids NAME...: PIDs of tasks whose comm is one of NAME.
 kthread_pids() {
@@ -78,13 +94,6 @@ kthread_pids() {
 		read -r c <"$d/comm" 2>/dev/null || continue
 		for n in "$@"; do [ "$c" = "$n" ] && echo "${d#/proc/}"; done
 	done
-}
-
-# dd_mbps ARGS...: run dd, print its rate in MB/s (10^6 bytes/s).
-dd_mbps() {
-	local out
-	out=$(dd "$@" bs=1M count=$MIB 2>&1) || { echo "$out" >&2; return 1; }
-	echo "$out" | awk '/copied/ { printf "%.2f\n", $1 / 1e6 / $(NF - 3) }'
 }
 
 SERVER_PID=
@@ -128,11 +137,11 @@ detach_g1() {
 }
 
 # with_p2pusb CMD...: CMD with g1 exported by p2pusb serve (SERVER_PID;
-# $P2PUSB, which a prefix may change for the call) and imported with usbip
-# attach (VB, VB_BUS and DISK set).
+# $P2PUSB, which a prefix may change for the call; SERVE_ARGS added to its
+# arguments) and imported with usbip attach (VB, VB_BUS and DISK set).
 with_p2pusb() {
 	local rc=0
-	start_p2pusb "$B1" || return 1
+	start_p2pusb "${SERVE_ARGS[@]}" "$B1" || return 1
 	attach_g1 || return 1
 	"$@" || rc=1
 	detach_g1
@@ -154,118 +163,229 @@ with_usbip_host() {
 	return $rc
 }
 
-# measure PATH ROUND DISK BUSID CPU-PIDS...: the four figures on DISK (the
-# usb-storage disk of the device at BUSID) plus the server's CPU time.
-measure() {
-	local path=$1 round=$2 disk=$3 busid=$4 t0 t1 r w
-	shift 4
-	t0=$(cpu_ticks "$@")
-	r=$(dd_mbps if="$disk" of=/dev/null iflag=direct) || return 1
-	w=$(dd_mbps if=/dev/zero of="$disk" oflag=direct) || return 1
-	t1=$(cpu_ticks "$@")
-	rec R "$path" "$round" read_mbps "$r"
-	rec R "$path" "$round" write_mbps "$w"
-	if [ $# -gt 0 ]; then
-		# CPU seconds per GiB moved: 2 * MIB MiB crossed the server.
-		rec R "$path" "$round" cpu_s_per_gib \
-			"$(awk -v t=$((t1 - t0)) -v hz="$TCK" -v m=$MIB \
-				'BEGIN { printf "%.2f", t / hz / (2 * m / 1024) }')"
-	fi
-	rec R "$path" "$round" iops \
-		"$($BIN/rtt-bench read4k "$disk" $RAND_SECS | awk '{ print $2 }')"
-	rec R "$path" "$round" ctrl_rtt \
-		"$($BIN/rtt-bench ctrl "$(usbfs_node "$busid")" $CTRL_SECS | awk '{ print $2 }')"
-	info "$path round $round: read $r MB/s, write $w MB/s"
+# ---- table mode: every path set up once, then slots that alternate ----
+
+declare -A P_DISKS P_NODE P_PIDS P_SRV P_BAD
+NG=0			# gadgets made so far: g1, g2, ...
+NEXT_PORT=$((PORT + 1))	# p2pusb servers: one port each
+SERVERS=()
+USBIPD_PID=
+
+# ref_of PATH: the kernel path that PATH's slots alternate with, if any.
+ref_of() {
+	case $1 in
+	direct|kernel|kx2) ;;
+	p2x2) echo kx2 ;;
+	*) echo kernel ;;
+	esac
 }
 
-# ---- the paths ----
-
-path_direct() {
-	local disk
-	disk=$(wait_for_disk "$B1" 30) || return 1
-	measure direct "$1" "$disk" "$B1"
+# new_gadget: one more storage gadget, its image full of zeros (real
+# pages, not holes); sets NEW_G (its name) and NEW_B (its busid).
+new_gadget() {
+	NG=$((NG + 1))
+	NEW_G=g$NG
+	dd if=/dev/zero of=/tmp/$NEW_G.img bs=1M count=$IMG_MIB status=none &&
+		NEW_B=$(gadget_storage $NEW_G /tmp/$NEW_G.img)
 }
 
-path_kernel() { with_usbip_host measure_kernel "$1"; }
-
-measure_kernel() {
-	# shellcheck disable=SC2046  # a list of PIDs
-	measure kernel "$1" "$DISK" "$VB" $(kthread_pids stub_rx stub_tx)
+# import PORT GADGET BUSID: usbip attach it from the server on PORT; sets
+# IMP_VB (its busid on vhci_hcd) and IMP_DISK.
+import() {
+	usbip --tcp-port "$1" attach -r 127.0.0.1 -b "$3" || return 1
+	IMP_VB=$(imported_busid "$2") && IMP_DISK=$(wait_for_disk "$IMP_VB" 60)
 }
 
-# path_p2k ROUND [NAME BINARY]: p2pusb serve <-> usbip attach; with NAME,
-# a candidate build of p2pusb (bench.sh -c NAME=BINARY) in the same place.
-path_p2k() {
-	P2PUSB=${3:-$P2PUSB} with_p2pusb measure_p2k "${2:-p2k}" "$1"
-}
-
-measure_p2k() {	# NAME ROUND
-	local rc=0
-	measure "$1" "$2" "$DISK" "$VB" "$SERVER_PID" || rc=1
-	rec R "$1" "$2" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
-	return $rc
-}
-
-path_p2p() {
-	local vb disk port rc=0
-	start_p2pusb "$B1" || return 1
-	port=$($P2PUSB attach 127.0.0.1 "$B1") || return 1
-	vb=$(imported_busid g1) || return 1
-	disk=$(wait_for_disk "$vb" 30) || return 1
-	measure p2p "$1" "$disk" "$vb" "$SERVER_PID" || rc=1
-	rec R p2p "$1" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
-	$P2PUSB detach "$port"
-	wait_gone g1
-	stop_p2pusb
-	return $rc
-}
-
-# Two devices streamed at once: aggregate MB/s and the server's peak RSS.
-path_p2x2() {
-	local v1 v2 d1 d2 p1 p2 t0 t1 c0 c1 e rc=0
-	start_p2pusb "$B1" "$B2" || return 1
-	usbip attach -r 127.0.0.1 -b "$B1" || return 1
-	usbip attach -r 127.0.0.1 -b "$B2" || return 1
-	v1=$(imported_busid g1) && v2=$(imported_busid g2) || return 1
-	d1=$(wait_for_disk "$v1" 30) && d2=$(wait_for_disk "$v2" 30) || return 1
-	c0=$(cpu_ticks "$SERVER_PID")
-	for dir in read write; do
-		t0=${EPOCHREALTIME/./}
-		if [ $dir = read ]; then
-			dd if="$d1" of=/dev/null bs=1M count=$MIB iflag=direct status=none &
-			dd if="$d2" of=/dev/null bs=1M count=$MIB iflag=direct status=none
-		else
-			dd if=/dev/zero of="$d1" bs=1M count=$MIB oflag=direct status=none &
-			dd if=/dev/zero of="$d2" bs=1M count=$MIB oflag=direct status=none
-		fi
-		wait $! || rc=1
-		t1=${EPOCHREALTIME/./}
-		e=$(awk -v m=$MIB -v us=$((t1 - t0)) \
-			'BEGIN { printf "%.2f", 2 * m * 1048576 / us }')
-		rec R p2x2 "$1" ${dir}_mbps "$e"
+# setup_path PATH: its gadgets, its server, its imports; sets P_DISKS,
+# P_NODE (usbfs node of the first device), P_PIDS (whose CPU counts) and
+# P_SRV (whose VmHWM is the RSS) of PATH.
+setup_path() {
+	local p=$1 n=1 i port bin=$P2PUSB args=() busids=() gs=() disks=""
+	[ $p = kx2 ] || [ $p = p2x2 ] && n=2
+	for ((i = 0; i < n; i++)); do
+		new_gadget || return 1
+		busids+=("$NEW_B"); gs+=("$NEW_G")
 	done
-	c1=$(cpu_ticks "$SERVER_PID")
-	rec R p2x2 "$1" cpu_s_per_gib "$(awk -v t=$((c1 - c0)) -v hz="$TCK" \
-		-v m=$MIB 'BEGIN { printf "%.2f", t / hz / (4 * m / 1024) }')"
-	rec R p2x2 "$1" rss_kib "$(proc_kb "$SERVER_PID" VmHWM)"
-	p1=$(vhci_port_of "$v1"); p2=$(vhci_port_of "$v2")
-	usbip detach -p "$p1" >/dev/null
-	usbip detach -p "$p2" >/dev/null
-	wait_gone g1; wait_gone g2
-	stop_p2pusb
-	return $rc
+	case $p in
+	direct)
+		P_DISKS[$p]=$(wait_for_disk "$NEW_B" 30) || return 1
+		P_NODE[$p]=$(usbfs_node "$NEW_B")
+		return 0 ;;
+	kernel|kx2)
+		for ((i = 0; i < n; i++)); do
+			usbip bind -b "${busids[i]}" >/dev/null || return 1
+		done
+		if [ -z "$USBIPD_PID" ]; then
+			usbipd >>"$P2PUSB_OUT/usbipd.log" 2>&1 &
+			USBIPD_PID=$!
+			wait_for_listen $PORT 10 || return 1
+		fi
+		port=$PORT ;;
+	p2k|p2p|p2x2) ;;
+	bp[1-9]*) args=(--busy-poll "${p#bp}") ;;
+	cand-*) bin=$BIN/$p ;;
+	*) echo "bench: no path $p" >&2; return 1 ;;
+	esac
+	if [ -z "${port:-}" ]; then
+		port=$NEXT_PORT
+		NEXT_PORT=$((NEXT_PORT + 1))
+		$bin serve -p $port "${args[@]}" "${busids[@]}" \
+			2>>"$P2PUSB_OUT/serve-$p.log" &
+		P_SRV[$p]=$!
+		P_PIDS[$p]=$!
+		SERVERS+=($!)
+		wait_for_listen $port 60 || return 1
+	fi
+	for ((i = 0; i < n; i++)); do
+		if [ $p = p2p ]; then
+			$P2PUSB attach 127.0.0.1:$port "${busids[i]}" >/dev/null &&
+				IMP_VB=$(imported_busid "${gs[i]}") &&
+				IMP_DISK=$(wait_for_disk "$IMP_VB" 60) || return 1
+		else
+			import $port "${gs[i]}" "${busids[i]}" || return 1
+		fi
+		disks+=" $IMP_DISK"
+	done
+	P_DISKS[$p]=${disks# }
+	P_NODE[$p]=$(usbfs_node "$IMP_VB")
 }
 
-# cleanup: after a failed path, leave nothing attached or bound.
-cleanup() {
-	local p
+# side PATH: the path as rtt-bench slot wants it: NODE DISKS PIDS.
+side() {
+	local d=${P_DISKS[$1]} p=${P_PIDS[$1]:-}
+	p=${p% }
+	[[ $d != *" "* ]] || P_NODE[$1]=-
+	[ -n "$p" ] || p=-
+	echo "${P_NODE[$1]:--} ${d// /,} ${p// /,}"
+}
+
+# warm_up PATH: first touches of everything (buffers, page tables, the
+# image's pages), unrecorded.
+warm_up() {
+	# shellcheck disable=SC2046  # NODE DISKS PIDS
+	$BIN/rtt-bench slot 0.5 0.4 1 $(side "$1") >/dev/null
+}
+
+# slot SLOT PATH [REF]: one slot (tests/rtt-bench.c slot, one process):
+# PATH alone, or REF (the kernel's) and PATH taking turns every SLICE
+# seconds; each one's figures as R lines, and its server's peak RSS.
+slot() {
+	local s=$1 p=$2 r=${3:-} out line k path
+	# shellcheck disable=SC2046  # NODE DISKS PIDS
+	out=$($BIN/rtt-bench slot $SEQ_S $SECS $SLICE ${r:+$(side "$r")} $(side "$p")) ||
+		return 1
+	while read -r -a line; do
+		path=$p
+		[ -z "$r" ] || [ "${line[0]}" = b ] || path=$r
+		for ((k = 1; k + 1 < ${#line[@]}; k += 2)); do
+			rec R "$path" "$s" "${line[k]%_per_s}" "${line[k + 1]}"
+		done
+		[ -z "${P_SRV[$path]:-}" ] ||
+			rec R "$path" "$s" rss_kib "$(proc_kb "${P_SRV[$path]}" VmHWM)"
+		info "slot $s $path: ${line[*]:1}"
+	done <<<"$out"
+}
+
+# teardown: detach everything, stop every server.
+teardown() {
+	local p b
 	for p in $(awk '$2 ~ /^[0-9]+$/ && $3 != 4 && $3 != "004" { print $2 + 0 }' \
 			/sys/devices/platform/vhci_hcd.0/status* 2>/dev/null); do
 		usbip detach -p "$p" >/dev/null 2>&1
 	done
-	usbip unbind -b "$B1" >/dev/null 2>&1
-	stop_p2pusb; stop_usbipd
-	sleep 1
+	for b in /sys/bus/usb/drivers/usbip-host/[0-9]*; do
+		[ -e "$b" ] && usbip unbind -b "${b##*/}" >/dev/null 2>&1
+	done
+	for p in "${SERVERS[@]}" $USBIPD_PID; do kill -TERM "$p" 2>/dev/null; done
+	for p in "${SERVERS[@]}" $USBIPD_PID; do
+		timeout 30 tail --pid="$p" -f /dev/null
+		wait "$p" 2>/dev/null
+	done
+}
+
+# table ROUNDS [PATH...]
+table() {
+	local rounds=$1 paths=() chain=() alone=() seq=() need=() p q r k s
+	local -A want=() fails=()
+	shift
+	paths=(direct kernel kx2 p2k p2p p2x2)
+	[ -z "$BUSY_US" ] || paths+=("bp$BUSY_US")
+	[ $# -eq 0 ] || paths=("$@")
+	for p in "$BIN"/cand-*; do	# candidate builds: bench.sh -c NAME=BINARY
+		[ -x "$p" ] && paths+=("${p##*/}")
+	done
+	for p in "${paths[@]}"; do
+		r=$(ref_of "$p")
+		if [ -n "$r" ]; then
+			chain+=("$p"); want[$r]=1
+		fi
+		want[$p]=1
+	done
+	# alone: what no other path is compared with (direct; a kernel path
+	# asked for by itself).
+	for p in "${paths[@]}"; do
+		[ -n "$(ref_of "$p")" ] && continue
+		for q in "${chain[@]}"; do [ "$(ref_of "$q")" = "$p" ] && continue 2; done
+		alone+=("$p")
+	done
+	# The sequence: per round, the lone paths, then each other path in a
+	# slot with its kernel peer; the order rotates from round to round.
+	for ((r = 0; r < rounds; r++)); do
+		seq+=("${alone[@]}")
+		for ((k = 0; k < ${#chain[@]}; k++)); do
+			seq+=("${chain[(k + r) % ${#chain[@]}]}")
+		done
+	done
+	# Setup: the kernel paths first (usbipd), then the rest.
+	for p in kernel kx2 "${!want[@]}"; do
+		[ -n "${want[$p]:-}" ] || continue
+		[[ " ${need[*]} " == *" $p "* ]] || need+=("$p")
+	done
+	for p in "${need[@]}"; do
+		if grep -q "^O $p setup\$" "$RES"; then
+			P_BAD[$p]=1
+			continue
+		fi
+		rec B "$p" setup
+		if setup_path "$p" && warm_up "$p"; then
+			rec E "$p" setup
+		else
+			echo "bench: setting up $p failed"
+			usb_dump
+			rec E "$p" setup
+			rec F "$p" setup
+			P_BAD[$p]=1
+		fi
+	done
+	# The stub threads exist once the kernel's devices are imported.
+	# shellcheck disable=SC2207  # a list of PIDs
+	k=$(kthread_pids stub_rx stub_tx | tr '\n' ' ')
+	[ -z "${want[kernel]:-}" ] || P_PIDS[kernel]=$k
+	[ -z "${want[kx2]:-}" ] || P_PIDS[kx2]=$k
+	info "set up: ${need[*]}; ${#seq[@]} slots of 2 x ${SEQ_S}s + 2 x ${SECS}s"
+	for ((s = 1; s <= ${#seq[@]}; s++)); do
+		p=${seq[s - 1]}
+		[ -z "${P_BAD[$p]:-}" ] || continue
+		grep -q "^[EO] $p $s\$" "$RES" && continue
+		q=$(ref_of "$p")
+		[ -z "$q" ] || [ -z "${P_BAD[$q]:-}" ] || continue
+		rec B "$p" "$s"
+		if slot "$s" "$p" $q; then
+			rec E "$p" "$s"
+			fails[$p]=0
+		else
+			echo "bench: $p slot $s failed"
+			rec E "$p" "$s"
+			rec F "$p" "$s"
+			fails[$p]=$((${fails[$p]:-0} + 1))
+			if [ "${fails[$p]}" -ge 2 ]; then
+				echo "bench: $p failed twice in a row; no more of it"
+				usb_dump
+				P_BAD[$p]=1
+			fi
+		fi
+	done
+	teardown
 }
 
 # ---- loads for the profile, counts and legs modes (on DISK and VB) ----
@@ -403,7 +523,8 @@ strace_pass() {
 	done
 }
 
-# counts [NAME BINARY]...: the tree's p2pusb, each candidate, the kernel.
+# counts: the tree's p2pusb, each candidate, serve --busy-poll BUSY_US
+# (bench.sh -b), the kernel.
 counts() {
 	local name bin f
 	for f in p2pusb "$BIN"/cand-*; do
@@ -411,6 +532,11 @@ counts() {
 			{ [ -x "$f" ] || continue; name=${f##*/}; bin=$f; }
 		P2PUSB=$bin with_p2pusb count_p2pusb "$name" || return 1
 	done
+	if [ -n "$BUSY_US" ]; then
+		SERVE_ARGS=(--busy-poll "$BUSY_US")
+		with_p2pusb count_p2pusb "bp$BUSY_US" || return 1
+		SERVE_ARGS=()
+	fi
 	with_usbip_host count_kernel
 }
 
@@ -490,6 +616,13 @@ legs() {
 		P2PUSB="taskset -c 1 $P2PUSB" with_p2pusb on_cpu0 legs_pass p2k-pinned ||
 			return 1
 	fi
+	# serve --busy-poll (bench.sh -b USEC): the server awake when the
+	# next event comes.
+	if [ -n "$BUSY_US" ]; then
+		SERVE_ARGS=(--busy-poll "$BUSY_US")
+		with_p2pusb legs_pass "p2k-bp$BUSY_US" || return 1
+		SERVE_ARGS=()
+	fi
 	with_usbip_host legs_pass kernel
 }
 
@@ -504,6 +637,29 @@ on_cpu0() {
 
 # ---- main ----
 
+while getopts "s:t:l:b:" opt; do
+	case $opt in
+	s) SEQ_S=$OPTARG ;;
+	l) SLICE=$OPTARG ;;
+	t) SECS=$OPTARG ;;
+	b) BUSY_US=$OPTARG ;;
+	*) die "usage: bench-guest.sh [-s SECS] [-t SECS] [-l SLICE] [-b USEC] [ROUNDS [PATH...] | profile [MIB] | counts | legs]" ;;
+	esac
+done
+shift $((OPTIND - 1))
+
+case ${1:-} in
+profile|counts|legs) ;;
+*)
+	# The table: gadgets of its own, made as the paths are set up.
+	rounds=${1:-8}
+	[ $# -eq 0 ] || shift
+	load_usb_modules 12 2>/dev/null
+	table "$rounds" "$@"
+	exit
+	;;
+esac
+
 load_usb_modules 4 2>/dev/null
 make_image /tmp/g1.img $MIB
 make_image /tmp/g2.img $MIB
@@ -516,48 +672,8 @@ dd if=/dev/zero of="$(find_disk_for_busid "$B1")" bs=1M count=$MIB oflag=direct 
 dd if=/dev/zero of="$(find_disk_for_busid "$B2")" bs=1M count=$MIB oflag=direct status=none
 info "gadgets g1 at $B1, g2 at $B2"
 
-if [ "${1:-}" = profile ]; then
-	profile "${2:-32}"
-	exit
-fi
-if [ "${1:-}" = counts ]; then
-	counts
-	exit
-fi
-if [ "${1:-}" = legs ]; then
-	legs
-	exit
-fi
-
-ROUNDS=${1:-3}
-shift
-PATHS=(direct kernel p2k p2p p2x2)
-[ $# -eq 0 ] || PATHS=("$@")
-for f in "$BIN"/cand-*; do	# candidate builds: bench.sh -c NAME=BINARY
-	[ -x "$f" ] && PATHS+=("${f##*/}")
-done
-failed=0
-for ((round = 1; round <= ROUNDS; round++)); do
-	for ((k = 0; k < ${#PATHS[@]}; k++)); do
-		path=${PATHS[(k + round - 1) % ${#PATHS[@]}]}
-		if grep -q "^[EO] $path $round\$" "$RES"; then
-			continue
-		fi
-		rec B "$path" "$round"
-		case $path in
-		cand-*) run=(path_p2k "$round" "$path" "$BIN/$path") ;;
-		*) run=("path_$path" "$round") ;;
-		esac
-		if "${run[@]}"; then
-			rec E "$path" "$round"
-		else
-			echo "bench: $path round $round failed"
-			usb_dump
-			failed=1
-			cleanup
-			rec E "$path" "$round"
-			rec F "$path" "$round"
-		fi
-	done
-done
-exit $failed
+case $1 in
+profile) profile "${2:-32}" ;;
+counts) counts ;;
+legs) legs ;;
+esac

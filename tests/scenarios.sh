@@ -125,7 +125,7 @@ kernel_client() {
 kernel_server() {
 	storage_gadget g1
 	usbip bind -b "$BUSID"
-	usbipd -D
+	usbipd -D -P/tmp/usbipd.pid
 	wait_for_listen $PORT 10
 	local port disk
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
@@ -138,7 +138,7 @@ kernel_server() {
 	$P2PUSB detach "$port"
 	wait_gone g1
 	$P2PUSB port | grep -q "no imported devices" || die "port still in use"
-	pkill usbipd || true
+	kill "$(cat /tmp/usbipd.pid)" || true
 }
 
 # 3. p2pusb <-> p2pusb.
@@ -261,7 +261,9 @@ dial_in() {
 via_pipe() {
 	local port disk
 	storage_gadget g1
-	$P2PUSB -vv attach --via "$P2PUSB -v serve --stdio $BUSID" "$BUSID" \
+	# shellcheck disable=SC2086  # options, split on purpose
+	$P2PUSB -vv attach ${VIA_OPTS:-} \
+		--via "$P2PUSB -v serve $SERVE_OPTS --stdio $BUSID" "$BUSID" \
 		>/tmp/port 2>"$LOG/relay.log" &
 	local relay=$!
 	port=$(wait_port /tmp/port)
@@ -1183,19 +1185,7 @@ kernel_client_busy_poll() {
 
 # ... and in the --via relay, both directions, with the server's too.
 via_pipe_busy_poll() {
-	local port disk
-	storage_gadget g1
-	$P2PUSB attach --busy-poll 200 \
-		--via "exec $P2PUSB serve --busy-poll 200 --stdio $BUSID" \
-		"$BUSID" >/tmp/port 2>"$LOG/relay.log" &
-	local relay=$!
-	port=$(wait_port /tmp/port)
-	disk=$(imported_disk g1)
-	disk_check "$disk" "$IMAGE"
-	$P2PUSB detach "$port"
-	wait_gone g1
-	timeout 20 tail --pid=$relay -f /dev/null || die "relay did not end"
-	wait $relay || die "relay exited with an error"
+	VIA_OPTS="--busy-poll 200" SERVE_OPTS="--busy-poll 200" via_pipe
 }
 
 scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}
