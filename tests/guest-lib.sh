@@ -303,7 +303,6 @@ usb_dump() {
 #   driver_of INTERFACE         kernel driver bound to e.g. 1-1:1.0, or "none"
 #   ms_now                      milliseconds since the epoch, without a fork
 #   proc_fds PID / proc_kb PID FIELD  open descriptors / VmRSS, VmHWM... (kB)
-#   proc_kb PID FIELD          a /proc/PID/status figure in kB (VmRSS, ...)
 
 # gadget_loopback NAME: a vendor-specific device (f_loopback) that sends
 # back on its bulk IN endpoint what its bulk OUT endpoint received.  No
