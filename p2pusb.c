@@ -935,6 +935,7 @@ static void print_device_line(const struct usbip_usb_device *d,
 			      const char *product);
 static void trace_header(const char *who, const struct usbip_header *h,
 			 int type);
+static void trace_reply(const char *who, const uint8_t *head);
 static void parse_allow(struct serve_opts *o, const char *list);
 static int is_allowed(const struct serve_opts *o, const struct sockaddr *sa);
 static void redial(struct server *sv);
@@ -2049,15 +2050,7 @@ static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
 		m->iov[m->iovcnt++] = (struct iovec){
 			u->iso, (size_t)urb_packets(u) * USBIP_ISO_DESC_SIZE };
 	queue_msg(c, m);
-	if (verbose >= 2) {
-		struct usbip_header h = {
-			.base = { .command = USBIP_RET_SUBMIT,
-				  .seqnum = u->cmd.base.seqnum },
-			.u.ret_submit = ret,
-		};
-
-		trace_header(c->peer, &h, -1);
-	}
+	trace_reply(c->peer, u->head);
 }
 
 static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
@@ -2066,15 +2059,7 @@ static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
 
 	pack_ret_unlink(head, seqnum, status);
 	queue_bytes(c, head, sizeof(head));
-	if (verbose >= 2) {
-		struct usbip_header h = {
-			.base = { .command = USBIP_RET_UNLINK,
-				  .seqnum = seqnum },
-			.u.ret_unlink = { .status = status },
-		};
-
-		trace_header(c->peer, &h, -1);
-	}
+	trace_reply(c->peer, head);
 }
 
 /*
@@ -3463,6 +3448,17 @@ static void trace_header(const char *who, const struct usbip_header *h,
 		      status_name(h->u.ret_unlink.status));
 		break;
 	}
+}
+
+/* A reply as queued, in its wire form: the server's trace hook. */
+static void trace_reply(const char *who, const uint8_t *head)
+{
+	struct usbip_header h;
+
+	if (verbose < 2)
+		return;
+	unpack_header(head, &h);
+	trace_header(who, &h, -1);
 }
 
 /* ==== --allow CIDR,...: who may connect ================================== */
