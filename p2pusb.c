@@ -3132,6 +3132,16 @@ static void usage(FILE *out)
 "options: -v more log (twice: every URB), -h help, -V version\n");
 }
 
+static int parse_max_length(const char *arg)
+{
+	char *end;
+	long n = strtol(arg, &end, 10);
+
+	if (*arg == '\0' || *end != '\0' || n < 0 || n > INT32_MAX)
+		errx(1, "--max-length: %s is not a byte count", arg);
+	return (int)n;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -3144,8 +3154,6 @@ static int cmd_serve(int argc, char **argv)
 	};
 	struct serve_opts o = { .port = USBIP_PORT,
 				.max_length = URB_LENGTH_MAX };
-	char *end;
-	long n;
 	int ch;
 
 	optind = 0;	/* glibc: restart scanning on the subcommand's argv */
@@ -3171,12 +3179,7 @@ static int cmd_serve(int argc, char **argv)
 			parse_allow(&o, optarg);
 			break;
 		case 'm':
-			n = strtol(optarg, &end, 10);
-			if (*optarg == '\0' || *end != '\0' || n < 0 ||
-			    n > INT32_MAX)
-				errx(1, "--max-length: %s is not a byte count",
-				     optarg);
-			o.max_length = (int)n;
+			o.max_length = parse_max_length(optarg);
 			break;
 		case 'v':
 			verbose++;
