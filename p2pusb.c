@@ -72,6 +72,14 @@
 
 #define P2PUSB_VERSION	"0.1"
 
+/*
+ * Code that runs once per command or per session, never per URB, is most
+ * of this file: compiled for size (gcc and clang optimize cold functions
+ * so), which keeps the binary small for boards and leaves the URB path
+ * as fast as -O2 makes it.
+ */
+#define ONCE	__attribute__((cold))
+
 static int verbose;
 
 #define debug(level, ...) \
@@ -315,7 +323,7 @@ static const char *printable(const char *s, size_t len, char *buf)
 }
 
 /* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no port. */
-static void split_host_port(const char *arg, char *host, size_t hostlen,
+ONCE static void split_host_port(const char *arg, char *host, size_t hostlen,
 			    char *port, size_t portlen)
 {
 	const char *colon = strrchr(arg, ':');
@@ -404,7 +412,7 @@ static void set_tcp_options(int fd)
 }
 
 /* Binds every address ADDR resolves to (all of them when ADDR is NULL). */
-static int listen_on(const char *addr, const char *port, int *fds, int max)
+ONCE static int listen_on(const char *addr, const char *port, int *fds, int max)
 {
 	struct addrinfo hints = {
 		.ai_family = AF_UNSPEC,
@@ -466,7 +474,7 @@ static int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
 }
 
 /* Returns a connected socket, or -1 with the reason in WHY. */
-static int try_dial(const char *host, const char *port, char *why,
+ONCE static int try_dial(const char *host, const char *port, char *why,
 		    size_t whylen)
 {
 	struct addrinfo hints = {
@@ -651,7 +659,7 @@ static int is_device_name(const char *name)
  * OP_REP_DEVLIST appends to it.  Returns the number of interfaces, or -1
  * if there is no such device.
  */
-static int describe_device(const char *busid, struct usbip_usb_device *rec,
+ONCE static int describe_device(const char *busid, struct usbip_usb_device *rec,
 			   struct usbip_usb_interface *ifs)
 {
 	char path[PATH_MAX], real[PATH_MAX], speed[16], intf[64];
@@ -1098,7 +1106,7 @@ static int append_device(const struct usbip_usb_device *rec,
 	return 0;
 }
 
-static void answer_devlist(struct conn *c)
+ONCE static void answer_devlist(struct conn *c)
 {
 	size_t head = OP_COMMON_SIZE + sizeof(struct op_devlist_reply);
 	struct devlist dl = { c->o, malloc(head), head, 0 };
@@ -1117,7 +1125,7 @@ static void answer_devlist(struct conn *c)
 	end_after_replies(c, "device list sent");
 }
 
-static void answer_import(struct conn *c)
+ONCE static void answer_import(struct conn *c)
 {
 	uint8_t rep[OP_REP_IMPORT_SIZE];
 	struct usbip_usb_interface ifs[MAX_INTERFACES];
@@ -1178,7 +1186,7 @@ static int busid_in_use(const char *busid)
  * libusb says NOT_FOUND, and the device is looked up by its busid and
  * opened once more.  Returns an ST_* status, and REC as opened.
  */
-static int import_device(struct conn *c, struct usbip_usb_device *rec,
+ONCE static int import_device(struct conn *c, struct usbip_usb_device *rec,
 			 struct usbip_usb_interface *ifs)
 {
 	int tries = 0, status, rc;
@@ -1203,7 +1211,7 @@ static int import_device(struct conn *c, struct usbip_usb_device *rec,
 }
 
 /* usbfs's node for the device, handed to libusb as an open descriptor. */
-static int open_device(struct conn *c, const struct usbip_usb_device *rec)
+ONCE static int open_device(struct conn *c, const struct usbip_usb_device *rec)
 {
 	char path[PATH_MAX];
 	int rc;
@@ -1750,7 +1758,7 @@ static int run_intercepted(struct urb *u)
  * them and the change would fail): whatever configuration is active
  * afterwards, new or unchanged, has its interfaces claimed again.
  */
-static int set_configuration(struct conn *c, int value)
+ONCE static int set_configuration(struct conn *c, int value)
 {
 	int cur = -1, rc, claimed;
 
@@ -2257,7 +2265,7 @@ static int reap_conns(void)
  * across the reset), so the device leaves in a clean state; then release
  * and let the kernel rebind its drivers.
  */
-static void give_back_device(struct conn *c)
+ONCE static void give_back_device(struct conn *c)
 {
 	int rc = libusb_reset_device(c->handle);
 
@@ -2376,7 +2384,7 @@ static void LIBUSB_CALL usb_fd_removed(int fd, void *arg)
 }
 
 /* Without USB, serve still runs: it offers nothing and says why once. */
-static void open_usb(void)
+ONCE static void open_usb(void)
 {
 	int rc;
 
@@ -2575,7 +2583,7 @@ static void build_pollset(struct server *sv)
 		pollset_add(sv, ufds[i]->fd, ufds[i]->events, NULL);
 }
 
-static void begin_stop(struct server *sv)
+ONCE static void begin_stop(struct server *sv)
 {
 	struct conn *c;
 	int i;
@@ -2655,7 +2663,7 @@ static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
 
 /* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
  * the socket for vhci_hcd to misread as a RET_SUBMIT. */
-static void request_import(int rfd, int wfd, const char *busid,
+ONCE static void request_import(int rfd, int wfd, const char *busid,
 			   const char *peer, int timeout_ms,
 			   struct usbip_usb_device *rec)
 {
@@ -2685,7 +2693,7 @@ static void request_import(int rfd, int wfd, const char *busid,
 		     rec->speed, busid);
 }
 
-static void request_devlist(int fd, const char *peer, int timeout_ms)
+ONCE static void request_devlist(int fd, const char *peer, int timeout_ms)
 {
 	uint8_t buf[USBIP_DEVICE_SIZE];
 	struct op_common op;
@@ -2719,7 +2727,7 @@ static void request_devlist(int fd, const char *peer, int timeout_ms)
 		printf("%s offers no devices\n", peer);
 }
 
-static void print_device_line(const struct usbip_usb_device *d,
+ONCE static void print_device_line(const struct usbip_usb_device *d,
 			      const struct usbip_usb_interface *ifs, int nifs,
 			      const char *product)
 {
@@ -2754,7 +2762,7 @@ struct vhci_port {
 };
 
 /* vhci_hcd.0 holds the attach/detach files for every controller. */
-static void find_vhci(char *dir, size_t len)
+ONCE static void find_vhci(char *dir, size_t len)
 {
 	static const char *candidates[] = {
 		"/sys/devices/platform/vhci_hcd.0",
@@ -2777,7 +2785,8 @@ static void find_vhci(char *dir, size_t len)
 }
 
 /* Reads every status file ("status", "status.1", ...): one per controller. */
-static int read_vhci_ports(const char *dir, struct vhci_port *ports, int max)
+ONCE static int read_vhci_ports(const char *dir, struct vhci_port *ports,
+				int max)
 {
 	char pattern[PATH_MAX], line[256];
 	glob_t g;
@@ -2854,7 +2863,7 @@ static int write_sysfs(const char *dir, const char *file, const char *text)
 }
 
 /* Same format as `usbip attach`, so `usbip port` and `usbip detach` work. */
-static void write_record(int port, const char *host, const char *service,
+ONCE static void write_record(int port, const char *host, const char *service,
 			 const char *busid)
 {
 	char path[PATH_MAX];
@@ -2889,7 +2898,7 @@ static int vhci_attach(const char *dir, int port, int fd, uint32_t devid,
 	return write_sysfs(dir, "attach", line);
 }
 
-static int attach_to_vhci(const char *dir, int fd,
+ONCE static int attach_to_vhci(const char *dir, int fd,
 			  const struct usbip_usb_device *rec)
 {
 	struct vhci_port ports[VHCI_PORTS_MAX];
@@ -2952,7 +2961,7 @@ struct attach_opts {
 	long busy_poll_us;		/* --busy-poll, for the --via relay */
 };
 
-static void open_link(const struct attach_opts *o, struct link *l)
+ONCE static void open_link(const struct attach_opts *o, struct link *l)
 {
 	memset(l, 0, sizeof(*l));
 	l->timeout_ms = IO_TIMEOUT_MS;
@@ -2973,7 +2982,7 @@ static void open_link(const struct attach_opts *o, struct link *l)
  * here until the session ends; otherwise the kernel keeps the socket and
  * we return at once.  Prints the vhci port.
  */
-static int attach_once(const struct attach_opts *o, const char *dir)
+ONCE static int attach_once(const struct attach_opts *o, const char *dir)
 {
 	struct usbip_usb_device rec;
 	struct link l;
@@ -2986,7 +2995,8 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 		/* The kernel holds its own reference to the socket now. */
 		close(l.rfd);
 	} else {
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+			       pair) < 0)
 			err(1, "socketpair");
 		port = attach_to_vhci(dir, pair[1], &rec);
 		close(pair[1]);
@@ -3009,7 +3019,7 @@ static int attach_once(const struct attach_opts *o, const char *dir)
 	return rc;
 }
 
-static int cmd_port(void)
+ONCE static int cmd_port(void)
 {
 	struct vhci_port ports[VHCI_PORTS_MAX];
 	char dir[PATH_MAX];
@@ -3048,7 +3058,7 @@ static int cmd_port(void)
 	return 0;
 }
 
-static int cmd_detach(const char *arg)
+ONCE static int cmd_detach(const char *arg)
 {
 	struct vhci_port p;
 	char dir[PATH_MAX], *end;
@@ -3074,7 +3084,7 @@ static int cmd_detach(const char *arg)
 
 /* ==== the command line =================================================== */
 
-static int print_local_device(const struct usbip_usb_device *rec,
+ONCE static int print_local_device(const struct usbip_usb_device *rec,
 			      const struct usbip_usb_interface *ifs, int nifs,
 			      void *arg)
 {
@@ -3088,7 +3098,7 @@ static int print_local_device(const struct usbip_usb_device *rec,
 	return 0;
 }
 
-static int cmd_list(const char *target)
+ONCE static int cmd_list(const char *target)
 {
 	char host[256], service[32], peer[300];
 	int fd, n = 0;
@@ -3107,7 +3117,7 @@ static int cmd_list(const char *target)
 	return 0;
 }
 
-static void usage(FILE *out)
+ONCE static void usage(FILE *out)
 {
 	fprintf(out,
 "usage: p2pusb [-v] COMMAND [ARGS]\n"
@@ -3142,7 +3152,7 @@ static int parse_max_length(const char *arg)
 	return (int)n;
 }
 
-static int cmd_serve(int argc, char **argv)
+ONCE static int cmd_serve(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "allow", required_argument, NULL, 'A' },
@@ -3197,7 +3207,7 @@ static int cmd_serve(int argc, char **argv)
 	return serve(&o);
 }
 
-static int cmd_attach(int argc, char **argv)
+ONCE static int cmd_attach(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -3254,7 +3264,7 @@ static int cmd_attach(int argc, char **argv)
 	return o.persist ? attach_persist(&o, dir) : attach_once(&o, dir);
 }
 
-int main(int argc, char **argv)
+ONCE int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
@@ -3356,7 +3366,7 @@ static const char *transfer_type_name(int type)
 }
 
 /* Standard requests by name; class and vendor requests shown raw. */
-static void describe_setup(const uint8_t *s, char *buf, size_t len)
+ONCE static void describe_setup(const uint8_t *s, char *buf, size_t len)
 {
 	static const char *requests[] = {
 		"GET_STATUS", "CLEAR_FEATURE", "?", "SET_FEATURE", "?",
@@ -3409,7 +3419,7 @@ static void describe_setup(const uint8_t *s, char *buf, size_t len)
 }
 
 /* TYPE is the endpoint's transfer type where the caller knows it, or -1. */
-static void trace_header(const char *who, const struct usbip_header *h,
+ONCE static void trace_header(const char *who, const struct usbip_header *h,
 			 int type)
 {
 	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
@@ -3474,7 +3484,7 @@ struct cidr {
 
 
 
-static void parse_allow(struct serve_opts *o, const char *list)
+ONCE static void parse_allow(struct serve_opts *o, const char *list)
 {
 	char *copy = strdup(list), *tok, *save = NULL;
 
@@ -3585,7 +3595,7 @@ static int backoff(int *next_ms)
 }
 
 /* --listen: the device side dials us (it is behind NAT, say). */
-static void accept_one(const char *where, struct link *l)
+ONCE static void accept_one(const char *where, struct link *l)
 {
 	char addr[256], port[32];
 	struct sockaddr_storage sa;
@@ -3626,7 +3636,7 @@ static void accept_one(const char *where, struct link *l)
 /* ==== one session over a pipe: serve --stdio, attach --via =============== */
 
 /* --via: run COMMAND with its stdin and stdout as our two pipes. */
-static void spawn_via(const char *command, struct link *l)
+ONCE static void spawn_via(const char *command, struct link *l)
 {
 	int in[2], out[2];
 
@@ -3871,7 +3881,7 @@ static int port_in_use(const char *dir, int port)
  * child that exits EXIT_PERMANENT met an error that trying again cannot
  * mend (the busid is not offered, vhci_hcd refuses us), and said so.
  */
-static int attach_persist(const struct attach_opts *o, const char *dir)
+ONCE static int attach_persist(const struct attach_opts *o, const char *dir)
 {
 	int backoff_ms = 0, status, wait_ms;
 	sigset_t unblocked;
@@ -3908,7 +3918,7 @@ static int attach_persist(const struct attach_opts *o, const char *dir)
 }
 
 /* Forks attach_once(); returns the port it printed, or -1 if none. */
-static int import_in_child(const struct attach_opts *o, const char *dir,
+ONCE static int import_in_child(const struct attach_opts *o, const char *dir,
 			   pid_t *pid)
 {
 	char line[32];
