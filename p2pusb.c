@@ -324,7 +324,7 @@ static const char *printable(const char *s, size_t len, char *buf)
 
 /* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no port. */
 ONCE static void split_host_port(const char *arg, char *host, size_t hostlen,
-			    char *port, size_t portlen)
+				 char *port, size_t portlen)
 {
 	const char *colon = strrchr(arg, ':');
 	size_t n;
@@ -475,7 +475,7 @@ static int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
 
 /* Returns a connected socket, or -1 with the reason in WHY. */
 ONCE static int try_dial(const char *host, const char *port, char *why,
-		    size_t whylen)
+			 size_t whylen)
 {
 	struct addrinfo hints = {
 		.ai_family = AF_UNSPEC,
@@ -660,7 +660,7 @@ static int is_device_name(const char *name)
  * if there is no such device.
  */
 ONCE static int describe_device(const char *busid, struct usbip_usb_device *rec,
-			   struct usbip_usb_interface *ifs)
+				struct usbip_usb_interface *ifs)
 {
 	char path[PATH_MAX], real[PATH_MAX], speed[16], intf[64];
 	int i, n;
@@ -706,6 +706,24 @@ ONCE static int describe_device(const char *busid, struct usbip_usb_device *rec,
 		ifs[i].padding = 0;
 	}
 	return n;
+}
+
+/*
+ * "1050:0407", four hex digits at most on each side: a device by its
+ * VID:PID, which follows it from port to port (a busid has no colon).
+ * Returns 0 if ARG is not one.
+ */
+static int parse_vid_pid(const char *arg, uint16_t *vid, uint16_t *pid)
+{
+	static const char hex[] = "0123456789abcdefABCDEF";
+	size_t a = strspn(arg, hex), b = strspn(arg + a + (arg[a] != 0), hex);
+
+	if (a < 1 || a > 4 || arg[a] != ':' || b < 1 || b > 4 ||
+	    arg[a + 1 + b] != '\0')
+		return 0;
+	*vid = (uint16_t)strtoul(arg, NULL, 16);
+	*pid = (uint16_t)strtoul(arg + a + 1, NULL, 16);
+	return 1;
 }
 
 typedef int device_fn(const struct usbip_usb_device *rec,
@@ -939,8 +957,11 @@ static void pause_accepting(struct server *sv);
 static void resume_accepting(struct server *sv, int freed);
 static const char *op_status_name(uint32_t status);
 static void print_device_line(const struct usbip_usb_device *d,
-			      const struct usbip_usb_interface *ifs, int nifs,
-			      const char *product);
+			      const struct usbip_usb_interface *ifs,
+			      int nifs, const char *product);
+static void find_busid(const struct attach_opts *o,
+			    char busid[SYSFS_BUS_ID_SIZE]);
+static void close_link(struct link *l);
 static void trace_header(const char *who, const struct usbip_header *h,
 			 int type);
 static void trace_reply(const char *who, const uint8_t *head);
@@ -1058,17 +1079,20 @@ static void on_op_common(struct conn *c)
 		protocol_error(c, "unknown request 0x%04x", op.code);
 }
 
-/* Whether serve shares REC: named on its command line, or (with none
- * named) not a hub. */
+/* Whether serve shares REC: named on its command line by busid or by
+ * VID:PID (plugged in later too), or (with none named) not a hub. */
 static int is_offered(const struct serve_opts *o,
 		      const struct usbip_usb_device *rec)
 {
+	uint16_t vid, pid;
 	int i;
 
 	if (o->nbusids == 0)
 		return rec->bDeviceClass != LIBUSB_CLASS_HUB;
 	for (i = 0; i < o->nbusids; i++)
-		if (strcmp(o->busids[i], rec->busid) == 0)
+		if (parse_vid_pid(o->busids[i], &vid, &pid) ?
+		    vid == rec->idVendor && pid == rec->idProduct :
+		    strcmp(o->busids[i], rec->busid) == 0)
 			return 1;
 	return 0;
 }
@@ -1187,7 +1211,7 @@ static int busid_in_use(const char *busid)
  * opened once more.  Returns an ST_* status, and REC as opened.
  */
 ONCE static int import_device(struct conn *c, struct usbip_usb_device *rec,
-			 struct usbip_usb_interface *ifs)
+			      struct usbip_usb_interface *ifs)
 {
 	int tries = 0, status, rc;
 
@@ -2664,8 +2688,8 @@ static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
 /* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
  * the socket for vhci_hcd to misread as a RET_SUBMIT. */
 ONCE static void request_import(int rfd, int wfd, const char *busid,
-			   const char *peer, int timeout_ms,
-			   struct usbip_usb_device *rec)
+				const char *peer, int timeout_ms,
+				struct usbip_usb_device *rec)
 {
 	uint8_t req[OP_REQ_IMPORT_SIZE], rep[OP_REP_IMPORT_SIZE];
 	char text[ESCAPED(SYSFS_BUS_ID_SIZE)];
@@ -2693,14 +2717,19 @@ ONCE static void request_import(int rfd, int wfd, const char *busid,
 		     rec->speed, busid);
 }
 
-ONCE static void request_devlist(int fd, const char *peer, int timeout_ms)
+/* OP_REQ_DEVLIST: calls FN for each device the server lists; returns how
+ * many it listed. */
+ONCE static uint32_t request_devlist(int rfd, int wfd, const char *peer,
+					  int timeout_ms, device_fn *fn,
+					  void *arg)
 {
 	uint8_t buf[USBIP_DEVICE_SIZE];
 	struct op_common op;
 	uint32_t ndev, i;
+	int fd = rfd;
 
 	pack_op_common(buf, OP_REQ_DEVLIST, ST_OK);
-	write_all(fd, buf, OP_COMMON_SIZE, peer);
+	write_all(wfd, buf, OP_COMMON_SIZE, peer);
 	/* A refusal is op_common alone: the count follows only an OK. */
 	read_exact(fd, buf, OP_COMMON_SIZE, peer, timeout_ms);
 	check_op_reply(buf, OP_REP_DEVLIST, peer, &op);
@@ -2721,15 +2750,23 @@ ONCE static void request_devlist(int fd, const char *peer, int timeout_ms)
 			read_exact(fd, raw, sizeof(raw), peer, timeout_ms);
 			unpack_interface(raw, &ifs[j]);
 		}
-		print_device_line(&d, ifs, d.bNumInterfaces, "");
+		fn(&d, ifs, d.bNumInterfaces, arg);
 	}
-	if (ndev == 0)
-		printf("%s offers no devices\n", peer);
+	return ndev;
+}
+
+static int print_remote_device(const struct usbip_usb_device *rec,
+			       const struct usbip_usb_interface *ifs, int nifs,
+			       void *arg)
+{
+	(void)arg;
+	print_device_line(rec, ifs, nifs, "");
+	return 0;
 }
 
 ONCE static void print_device_line(const struct usbip_usb_device *d,
-			      const struct usbip_usb_interface *ifs, int nifs,
-			      const char *product)
+				   const struct usbip_usb_interface *ifs,
+				   int nifs, const char *product)
 {
 	uint8_t cls = d->bDeviceClass, sub = d->bDeviceSubClass,
 		proto = d->bDeviceProtocol;
@@ -2786,7 +2823,7 @@ ONCE static void find_vhci(char *dir, size_t len)
 
 /* Reads every status file ("status", "status.1", ...): one per controller. */
 ONCE static int read_vhci_ports(const char *dir, struct vhci_port *ports,
-				int max)
+				     int max)
 {
 	char pattern[PATH_MAX], line[256];
 	glob_t g;
@@ -2864,7 +2901,7 @@ static int write_sysfs(const char *dir, const char *file, const char *text)
 
 /* Same format as `usbip attach`, so `usbip port` and `usbip detach` work. */
 ONCE static void write_record(int port, const char *host, const char *service,
-			 const char *busid)
+			      const char *busid)
 {
 	char path[PATH_MAX];
 	FILE *f;
@@ -2899,7 +2936,7 @@ static int vhci_attach(const char *dir, int port, int fd, uint32_t devid,
 }
 
 ONCE static int attach_to_vhci(const char *dir, int fd,
-			  const struct usbip_usb_device *rec)
+			       const struct usbip_usb_device *rec)
 {
 	struct vhci_port ports[VHCI_PORTS_MAX];
 	uint32_t speed = rec->speed;
@@ -2984,12 +3021,14 @@ ONCE static void open_link(const struct attach_opts *o, struct link *l)
  */
 ONCE static int attach_once(const struct attach_opts *o, const char *dir)
 {
+	char busid[SYSFS_BUS_ID_SIZE];
 	struct usbip_usb_device rec;
 	struct link l;
 	int pair[2], port, rc = 0;
 
+	find_busid(o, busid);
 	open_link(o, &l);
-	request_import(l.rfd, l.wfd, o->busid, l.peer, l.timeout_ms, &rec);
+	request_import(l.rfd, l.wfd, busid, l.peer, l.timeout_ms, &rec);
 	if (!o->via) {
 		port = attach_to_vhci(dir, l.rfd, &rec);
 		/* The kernel holds its own reference to the socket now. */
@@ -3001,8 +3040,8 @@ ONCE static int attach_once(const struct attach_opts *o, const char *dir)
 		port = attach_to_vhci(dir, pair[1], &rec);
 		close(pair[1]);
 	}
-	write_record(port, l.host, l.service, o->busid);
-	debug(1, "attached %s from %s (%04x:%04x, %s speed)", o->busid,
+	write_record(port, l.host, l.service, busid);
+	debug(1, "attached %s from %s (%04x:%04x, %s speed)", busid,
 	      l.peer, rec.idVendor, rec.idProduct, speed_name(rec.speed));
 	printf("%d\n", port);
 	fflush(stdout);
@@ -3010,13 +3049,74 @@ ONCE static int attach_once(const struct attach_opts *o, const char *dir)
 		rc = relay(pair[0], &l, o->busy_poll_us);
 		/* Closing our end is what makes vhci_hcd let the port go. */
 		close(pair[0]);
-		close(l.rfd);
-		close(l.wfd);
-		end_child(&l);
+		close_link(&l);
 		remove_record(port);
 		debug(1, "port %d: session over", port);
 	}
 	return rc;
+}
+
+/* A device the server lists under the VID:PID the user gave. */
+struct match {
+	uint16_t vid, pid;
+	int n;
+	char busid[SYSFS_BUS_ID_SIZE];		/* the first */
+	char all[ESCAPED(SYSFS_BUS_ID_SIZE) * 4];	/* for the error */
+};
+
+static int match_device(const struct usbip_usb_device *rec,
+			const struct usbip_usb_interface *ifs, int nifs,
+			void *arg)
+{
+	struct match *m = arg;
+	char text[ESCAPED(SYSFS_BUS_ID_SIZE)];
+	size_t len = strlen(m->all);
+
+	(void)ifs;
+	(void)nifs;
+	if (rec->idVendor != m->vid || rec->idProduct != m->pid)
+		return 0;
+	if (m->n++ == 0)
+		snprintf(m->busid, sizeof(m->busid), "%s", rec->busid);
+	snprintf(m->all + len, sizeof(m->all) - len, "%s%s", len ? ", " : "",
+		 printable(rec->busid, sizeof(rec->busid), text));
+	return 0;
+}
+
+/*
+ * The busid to import: the one the user named, or the one device that
+ * the VID:PID the user named stands for on the server now, asked for in
+ * a first OP_REQ_DEVLIST (USB/IP imports by busid only).  --persist asks
+ * again every time, so the device is found on whatever port it is.
+ */
+ONCE static void find_busid(const struct attach_opts *o,
+				 char busid[SYSFS_BUS_ID_SIZE])
+{
+	struct match m = { .n = 0 };
+	struct link l;
+
+	if (!parse_vid_pid(o->busid, &m.vid, &m.pid)) {
+		snprintf(busid, SYSFS_BUS_ID_SIZE, "%s", o->busid);
+		return;
+	}
+	open_link(o, &l);
+	request_devlist(l.rfd, l.wfd, l.peer, l.timeout_ms, match_device, &m);
+	close_link(&l);
+	if (m.n == 0)
+		errx(1, "no %s on %s", o->busid, l.peer);
+	if (m.n > 1)
+		errx(permanent_error, "%s is %d devices on %s (%s): name one "
+		     "busid", o->busid, m.n, l.peer, m.all);
+	snprintf(busid, SYSFS_BUS_ID_SIZE, "%s", m.busid);
+}
+
+/* Ends a link that served its purpose: its descriptors, --via's command. */
+static void close_link(struct link *l)
+{
+	close(l->rfd);
+	if (l->wfd != l->rfd)
+		close(l->wfd);
+	end_child(l);
 }
 
 ONCE static int cmd_port(void)
@@ -3085,8 +3185,8 @@ ONCE static int cmd_detach(const char *arg)
 /* ==== the command line =================================================== */
 
 ONCE static int print_local_device(const struct usbip_usb_device *rec,
-			      const struct usbip_usb_interface *ifs, int nifs,
-			      void *arg)
+				   const struct usbip_usb_interface *ifs,
+				   int nifs, void *arg)
 {
 	char product[128];
 
@@ -3112,7 +3212,9 @@ ONCE static int cmd_list(const char *target)
 	split_host_port(target, host, sizeof(host), service, sizeof(service));
 	name_peer(host, service, peer, sizeof(peer));
 	fd = dial(host, service);
-	request_devlist(fd, peer, IO_TIMEOUT_MS);
+	if (request_devlist(fd, fd, peer, IO_TIMEOUT_MS, print_remote_device,
+			    NULL) == 0)
+		printf("%s offers no devices\n", peer);
 	close(fd);
 	return 0;
 }
@@ -3123,22 +3225,24 @@ ONCE static void usage(FILE *out)
 "usage: p2pusb [-v] COMMAND [ARGS]\n"
 "  list                           local devices that can be shared\n"
 "  list HOST[:PORT]               devices a server offers\n"
-"  serve [-a ADDR] [-p PORT] [--allow CIDR,...] [-m BYTES] [BUSID...]\n"
+"  serve [-a ADDR] [-p PORT] [--allow CIDR,...] [-m BYTES] [DEVICE...]\n"
 "                                 share devices (default: all but hubs,\n"
 "                                 port " USBIP_PORT ", every address, any\n"
 "                                 client, URBs up to 16 MiB)\n"
-"  serve --connect HOST[:PORT] [BUSID...]\n"
+"  serve --connect HOST[:PORT] [DEVICE...]\n"
 "                                 dial the client instead of listening\n"
-"  serve --stdio BUSID            one session on stdin/stdout (ssh)\n"
+"  serve --stdio DEVICE           one session on stdin/stdout (ssh)\n"
 "  serve --busy-poll USEC ...     spin USEC us after each event: lower\n"
 "                                 latency for CPU (default: sleep)\n"
-"  attach [--persist] HOST[:PORT] BUSID\n"
-"  attach [--persist] --listen [ADDR:]PORT BUSID\n"
-"  attach [--persist] [--busy-poll USEC] --via 'COMMAND' BUSID\n"
+"  attach [--persist] HOST[:PORT] DEVICE\n"
+"  attach [--persist] --listen [ADDR:]PORT DEVICE\n"
+"  attach [--persist] [--busy-poll USEC] --via 'COMMAND' DEVICE\n"
 "                                 import a device into vhci_hcd; prints\n"
 "                                 the vhci port (--via stays to relay)\n"
 "  port                           devices imported on this machine\n"
 "  detach PORT                    remove an imported device\n"
+"DEVICE: a busid (1-1.2) or a VID:PID (1050:0407), which follows the\n"
+"device to whatever port it is plugged into\n"
 "options: -v more log (twice: every URB), -h help, -V version\n");
 }
 
@@ -3150,6 +3254,19 @@ static int parse_max_length(const char *arg)
 	if (*arg == '\0' || *end != '\0' || n < 0 || n > INT32_MAX)
 		errx(1, "--max-length: %s is not a byte count", arg);
 	return (int)n;
+}
+
+/* Each of serve's NAMES is a busid or a VID:PID; says which is neither. */
+static void check_device_names(char **names, int n)
+{
+	uint16_t vid, pid;
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (strchr(names[i], ':') &&
+		    !parse_vid_pid(names[i], &vid, &pid))
+			errx(1, "%s is neither a busid nor a VID:PID such as "
+			     "1050:0407", names[i]);
 }
 
 ONCE static int cmd_serve(int argc, char **argv)
@@ -3201,8 +3318,9 @@ ONCE static int cmd_serve(int argc, char **argv)
 	}
 	o.busids = argv + optind;
 	o.nbusids = argc - optind;
+	check_device_names(o.busids, o.nbusids);
 	if (o.stdio && (o.connect_to || o.nbusids != 1))
-		errx(1, "serve --stdio takes exactly one BUSID and no "
+		errx(1, "serve --stdio takes exactly one DEVICE and no "
 		     "--connect");
 	return serve(&o);
 }
@@ -3420,7 +3538,7 @@ ONCE static void describe_setup(const uint8_t *s, char *buf, size_t len)
 
 /* TYPE is the endpoint's transfer type where the caller knows it, or -1. */
 ONCE static void trace_header(const char *who, const struct usbip_header *h,
-			 int type)
+			      int type)
 {
 	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
 	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
@@ -3919,7 +4037,7 @@ ONCE static int attach_persist(const struct attach_opts *o, const char *dir)
 
 /* Forks attach_once(); returns the port it printed, or -1 if none. */
 ONCE static int import_in_child(const struct attach_opts *o, const char *dir,
-			   pid_t *pid)
+				pid_t *pid)
 {
 	char line[32];
 	size_t n = 0;

@@ -432,6 +432,15 @@ fuzz_client_libfuzzer() {
 	[ "$rc" -eq 0 ]
 }
 
+# serve takes busids and VID:PIDs; anything else with a colon is refused.
+serve_device_names() {
+	local out
+	out=$(./p2pusb serve -a 127.0.0.1 -p $PORT 1-1 12:zz 2>&1) && return 1
+	echo "$out"
+	[ "$(echo "$out" | wc -l)" -eq 1 ] &&
+		echo "$out" | grep -q "12:zz is neither a busid nor a VID:PID"
+}
+
 # Clear one-line errors for a client that cannot get anywhere.
 client_errors() {
 	local out
@@ -607,6 +616,7 @@ check "host: USB-less server answers and survives bad input" host_server ./p2pus
 check "host: same under ASan+UBSan" host_server tests/p2pusb-asan
 check "host: same under valgrind, no leaks" valgrind_server
 check "host: client errors are one clear line" client_errors
+check "host: serve refuses a DEVICE that is neither busid nor VID:PID" serve_device_names
 check "host: --allow refuses other clients" host_allow
 check "host: a silent client is dropped, others are served" host_silent_client
 check "host: 300 connections at once, no descriptor leaked" host_many_clients
@@ -645,6 +655,7 @@ check "vm 13: a client flooding submits unread: bounded, others served" flood_sc
 check "vm 14: systemd socket activation: serve --stdio per connection, usbip attach" vm_scenario socket_activation
 check "vm 15: serve --busy-poll 200 <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client_busy_poll
 check "vm 16: attach --busy-poll --via serve --busy-poll --stdio (usb-storage)" vm_scenario via_pipe_busy_poll
+check "vm 17: devices by VID:PID: two at once, ambiguity, --persist across a re-plug" vm_scenario by_vid_pid
 check "build tests/rtt-bench (make bench's load), its wake probe runs" rtt_bench_builds
 check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c
 check "vm fault: client socket destroyed mid-copy; device given back, imports again" vm_scenario fault_client_gone

@@ -2740,7 +2740,10 @@ static void client_devlist(int mode, const uint8_t *r, size_t n)
 		shutdown(sv[1], SHUT_RD);
 	fz_exit_jmp = &fz_client_jmp;
 	if (setjmp(fz_client_jmp) == 0) {
-		request_devlist(sv[0], CL_PEER, CL_TIMEOUT_MS);
+		/* as cmd_list() does */
+		if (request_devlist(sv[0], sv[0], CL_PEER, CL_TIMEOUT_MS,
+				    print_remote_device, NULL) == 0)
+			fuzz_printf("%s offers no devices\n", CL_PEER);
 		fz_client_returned = 1;
 	}
 	fz_exit_jmp = NULL;

@@ -1188,6 +1188,71 @@ via_pipe_busy_poll() {
 	VIA_OPTS="--busy-poll 200" SERVE_OPTS="--busy-poll 200" via_pipe
 }
 
+# 17. Devices by VID:PID: serve offers what matches, attach finds the one
+# busid on the server (p2pusb port shows it), an ambiguous VID:PID is one
+# error line, and attach --persist follows the device to another port.
+by_vid_pid() {
+	local id1 id2 b1 b2 port disk rc=0 out udc keeper
+	DATA_MIB=4
+	storage_gadget g1
+	b1=$BUSID
+	id1=$(gadget_id g1)
+	make_image /tmp/g2.img 64
+	gadget_storage g2 /tmp/g2.img >/dev/null
+	id2=$(gadget_id g2)
+	start_server "$id1" "$id2"
+	for id in "$id1" "$id2"; do
+		port=$($P2PUSB attach 127.0.0.1 "$id")
+		$P2PUSB port | tee /tmp/port
+		grep -q "^port $port: .* 3240 $(usb_busids "$id" dummy_hcd)\$" \
+			/tmp/port || die "p2pusb port does not name the busid"
+		disk=$(imported_disk "$([ "$id" = "$id1" ] && echo g1 || echo g2)")
+		disk_check "$disk" "$([ "$id" = "$id1" ] && echo "$IMAGE" ||
+			echo /tmp/g2.img)"
+		$P2PUSB detach "$port"
+	done
+	wait_gone g1
+	wait_gone g2
+	# A second device with g1's VID:PID: ambiguous.
+	make_image /tmp/g3.img 8
+	_gadget_create g3 mass_storage.0
+	echo "$((0x${id1#*:}))" >"$CONFIGFS/g3/idProduct"
+	echo /tmp/g3.img >"$CONFIGFS/g3/functions/mass_storage.0/lun.0/file"
+	_gadget_plug g3 >/dev/null
+	wait_for "[ \$(usb_busids $id1 dummy_hcd | wc -l) -eq 2 ]" 20 ||
+		die "no second $id1"
+	out=$($P2PUSB attach 127.0.0.1 "$id1" 2>&1) || rc=$?
+	echo "$out"
+	[ "$rc" -eq 1 ] && [ "$(echo "$out" | wc -l)" -eq 1 ] &&
+		echo "$out" | grep -q "$id1 is 2 devices on 127.0.0.1:3240" ||
+		die "an ambiguous VID:PID: not one error line and exit 1"
+	gadget_remove g3	# (its wait for g1's VID:PID to go gives up: fine)
+	# --persist by VID:PID across a re-plug into another port.
+	$P2PUSB attach --persist 127.0.0.1 "$id1" >/tmp/ports \
+		2>"$LOG/persist.log" &
+	keeper=$!
+	wait_port /tmp/ports >/dev/null
+	imported_disk g1 >/dev/null
+	udc=$(_gadget_free_udc)
+	echo "" >"$CONFIGFS/g1/UDC"
+	echo "$udc" >"$CONFIGFS/g1/UDC"
+	wait_for "[ -n \"\$(usb_busids $id1 dummy_hcd)\" ]" 20 ||
+		die "g1 did not come back on $udc"
+	b2=$(usb_busids "$id1" dummy_hcd)
+	echo "g1 moved from $b1 to $b2"
+	[ "$b1" != "$b2" ] || die "the busid did not change"
+	wait_for "[ \$(wc -l </tmp/ports) -ge 2 ]" 60 ||
+		die "--persist did not import $id1 again"
+	disk=$(imported_disk g1)
+	disk_check "$disk" "$IMAGE"
+	$P2PUSB port | grep -q " 3240 $b2\$" ||
+		die "p2pusb port does not name the new busid $b2"
+	grep "importing again" "$LOG/persist.log" | head -n 2
+	kill -TERM "$keeper"
+	timeout 20 tail --pid="$keeper" -f /dev/null || die "--persist did not stop"
+	wait_gone g1
+}
+
 scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}
 load_usb_modules 4 2>/dev/null
 "$scenario"
