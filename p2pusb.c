@@ -876,6 +876,7 @@ struct serve_opts {
 	struct cidr *allowed;		/* --allow; none: everyone */
 	int nallowed;
 	int max_length;			/* -m: of one URB */
+	struct capture *capture;	/* --pcap FILE, or NULL */
 };
 
 static struct conn *conns;
@@ -940,6 +941,7 @@ static int urb_packets(const struct urb *u);
 static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
 			     int32_t error_count);
 static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status);
+static void answer_unlinked(struct urb *u);
 static void queue_bytes(struct conn *c, const void *data, size_t len);
 static void queue_msg(struct conn *c, struct msg *m);
 static void consume_output(struct conn *c, size_t n);
@@ -960,7 +962,7 @@ static void print_device_line(const struct usbip_usb_device *d,
 			      const struct usbip_usb_interface *ifs,
 			      int nifs, const char *product);
 static void find_busid(const struct attach_opts *o,
-			    char busid[SYSFS_BUS_ID_SIZE]);
+		       char busid[SYSFS_BUS_ID_SIZE]);
 static void close_link(struct link *l);
 static void trace_header(const char *who, const struct usbip_header *h,
 			 int type);
@@ -977,6 +979,12 @@ static int attach_persist(const struct attach_opts *o, const char *dir);
 static int import_in_child(const struct attach_opts *o, const char *dir,
 			   pid_t *pid);
 static void wait_while_attached(const char *dir, int port);
+static struct capture *open_capture(const char *path);
+static void capture_submit(struct urb *u);
+static void capture_reply(struct urb *u, int32_t status, int32_t actual);
+static void capture_urb(struct urb *u, char type, int32_t status,
+			uint32_t length, uint32_t len);
+static int capture_data(FILE *f, const uint8_t *data, uint32_t len);
 static void put_urb(struct urb *u);
 static struct urb *get_urb(struct conn *c, size_t len, int np);
 static void drop_spares(struct conn *c);
@@ -1574,9 +1582,9 @@ static void start_urb(struct urb *u)
 {
 	struct conn *c = u->conn;
 
+	capture_submit(u);
 	if (u->unlinked) {
-		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
-		put_urb(u);
+		answer_unlinked(u);
 	} else if (u->cmd.base.ep == 0 && (c->ep0_busy > 0 || c->ep0_held)) {
 		hold_control(c, u);
 	} else {
@@ -1831,8 +1839,8 @@ static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
 		}
 	}
 	if ((u = unhold_control(c, victim)) != NULL) {
-		queue_ret_unlink(c, h->base.seqnum, -ECONNRESET);
-		put_urb(u);
+		u->unlink_seqnum = h->base.seqnum;
+		answer_unlinked(u);
 	} else if (is_early_unlink(c, victim)) {
 		hold_unlink(c, victim, h->base.seqnum);
 	} else {
@@ -1936,8 +1944,7 @@ static void answer_transfer(struct urb *u)
 	int32_t errors = 0;
 
 	if (u->unlinked && x->status == LIBUSB_TRANSFER_CANCELLED) {
-		queue_ret_unlink(c, u->unlink_seqnum, -ECONNRESET);
-		put_urb(u);
+		answer_unlinked(u);
 		return;
 	}
 	if (urb_packets(u) > 0)
@@ -2083,6 +2090,7 @@ static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
 			u->iso, (size_t)urb_packets(u) * USBIP_ISO_DESC_SIZE };
 	queue_msg(c, m);
 	trace_reply(c->peer, u->head);
+	capture_reply(u, status, actual);
 }
 
 static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
@@ -2092,6 +2100,14 @@ static void queue_ret_unlink(struct conn *c, uint32_t seqnum, int32_t status)
 	pack_ret_unlink(head, seqnum, status);
 	queue_bytes(c, head, sizeof(head));
 	trace_reply(c->peer, head);
+}
+
+/* An URB stopped before it completed: its unlink's RET_UNLINK alone. */
+static void answer_unlinked(struct urb *u)
+{
+	queue_ret_unlink(u->conn, u->unlink_seqnum, -ECONNRESET);
+	capture_reply(u, -ECONNRESET, 0);
+	put_urb(u);
 }
 
 /*
@@ -2720,8 +2736,8 @@ ONCE static void request_import(int rfd, int wfd, const char *busid,
 /* OP_REQ_DEVLIST: calls FN for each device the server lists; returns how
  * many it listed. */
 ONCE static uint32_t request_devlist(int rfd, int wfd, const char *peer,
-					  int timeout_ms, device_fn *fn,
-					  void *arg)
+				     int timeout_ms, device_fn *fn,
+				     void *arg)
 {
 	uint8_t buf[USBIP_DEVICE_SIZE];
 	struct op_common op;
@@ -2823,7 +2839,7 @@ ONCE static void find_vhci(char *dir, size_t len)
 
 /* Reads every status file ("status", "status.1", ...): one per controller. */
 ONCE static int read_vhci_ports(const char *dir, struct vhci_port *ports,
-				     int max)
+				int max)
 {
 	char pattern[PATH_MAX], line[256];
 	glob_t g;
@@ -3090,7 +3106,7 @@ static int match_device(const struct usbip_usb_device *rec,
  * again every time, so the device is found on whatever port it is.
  */
 ONCE static void find_busid(const struct attach_opts *o,
-				 char busid[SYSFS_BUS_ID_SIZE])
+			    char busid[SYSFS_BUS_ID_SIZE])
 {
 	struct match m = { .n = 0 };
 	struct link l;
@@ -3234,6 +3250,8 @@ ONCE static void usage(FILE *out)
 "  serve --stdio DEVICE           one session on stdin/stdout (ssh)\n"
 "  serve --busy-poll USEC ...     spin USEC us after each event: lower\n"
 "                                 latency for CPU (default: sleep)\n"
+"  serve --pcap FILE ...          every URB to FILE (- for stdout) in\n"
+"                                 usbmon's format, for Wireshark\n"
 "  attach [--persist] HOST[:PORT] DEVICE\n"
 "  attach [--persist] --listen [ADDR:]PORT DEVICE\n"
 "  attach [--persist] [--busy-poll USEC] --via 'COMMAND' DEVICE\n"
@@ -3277,8 +3295,10 @@ ONCE static int cmd_serve(int argc, char **argv)
 		{ "connect", required_argument, NULL, 'c' },
 		{ "stdio", no_argument, NULL, 's' },
 		{ "busy-poll", required_argument, NULL, 'B' },
+		{ "pcap", required_argument, NULL, 'C' },
 		{ NULL, 0, NULL, 0 },
 	};
+	const char *pcap = NULL;
 	struct serve_opts o = { .port = USBIP_PORT,
 				.max_length = URB_LENGTH_MAX };
 	int ch;
@@ -3302,6 +3322,9 @@ ONCE static int cmd_serve(int argc, char **argv)
 		case 'B':
 			o.busy_poll_us = parse_busy_poll(optarg);
 			break;
+		case 'C':
+			pcap = optarg;
+			break;
 		case 'A':
 			parse_allow(&o, optarg);
 			break;
@@ -3322,6 +3345,10 @@ ONCE static int cmd_serve(int argc, char **argv)
 	if (o.stdio && (o.connect_to || o.nbusids != 1))
 		errx(1, "serve --stdio takes exactly one DEVICE and no "
 		     "--connect");
+	if (pcap && o.stdio && strcmp(pcap, "-") == 0)
+		errx(1, "serve --stdio needs stdout: --pcap to a file");
+	if (pcap)
+		o.capture = open_capture(pcap);
 	return serve(&o);
 }
 
@@ -4079,6 +4106,154 @@ static void wait_while_attached(const char *dir, int port)
 		write_sysfs(dir, "detach", arg);
 		remove_record(port);
 	}
+}
+
+/* ==== --pcap FILE: every URB as usbmon records, for Wireshark ============ */
+
+/*
+ * serve --pcap writes each URB as the kernel's usbmon would have seen it
+ * on the server, so Wireshark and tshark decode the USB traffic itself
+ * (descriptors, SCSI commands, HID reports), not only USB/IP's headers:
+ * an 'S' record when a CMD_SUBMIT has been read, with its setup packet
+ * and OUT data, and a 'C' record for its reply, with the status, IN data
+ * and iso descriptors.  The format is in p2pusb.h.  A write that fails
+ * ends the capture with one line, never a session.
+ */
+#define PCAP_SNAPLEN	(1u << 27)	/* Wireshark's limit for USB */
+
+struct capture {
+	FILE *f;			/* NULL once a write failed */
+	const char *path;
+};
+
+/* Opens PATH ("-": stdout) for serve --pcap, with the file header. */
+ONCE static struct capture *open_capture(const char *path)
+{
+	static struct capture cap;
+	struct pcap_file_header h = {
+		PCAP_MAGIC, 2, 4, 0, 0, PCAP_SNAPLEN,
+		LINKTYPE_USB_LINUX_MMAPPED,
+	};
+
+	cap.path = path;
+	cap.f = strcmp(path, "-") ? fopen(path, "we") : stdout;
+	if (!cap.f || setvbuf(cap.f, NULL, _IOFBF, 65536) != 0)
+		err(1, "--pcap %s", path);
+	if (fwrite(&h, sizeof(h), 1, cap.f) != 1 || fflush(cap.f) != 0)
+		err(1, "--pcap %s", path);
+	return &cap;
+}
+
+static void capture_submit(struct urb *u)
+{
+	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
+	int out = u->cmd.base.direction == USBIP_DIR_OUT;
+
+	capture_urb(u, 'S', -EINPROGRESS, (uint32_t)cmd->transfer_buffer_length,
+		    out ? (uint32_t)cmd->transfer_buffer_length : 0);
+}
+
+static void capture_reply(struct urb *u, int32_t status, int32_t actual)
+{
+	int in = u->cmd.base.direction == USBIP_DIR_IN;
+
+	capture_urb(u, 'C', status, (uint32_t)actual,
+		    in ? (uint32_t)actual : 0);
+}
+
+/* usbmon's numbers for the endpoint's transfer type. */
+static uint8_t usbmon_type(const struct urb *u)
+{
+	static const uint8_t from_libusb[] = {
+		[LIBUSB_TRANSFER_TYPE_CONTROL] = USBMON_CONTROL,
+		[LIBUSB_TRANSFER_TYPE_ISOCHRONOUS] = USBMON_ISO,
+		[LIBUSB_TRANSFER_TYPE_BULK] = USBMON_BULK,
+		[LIBUSB_TRANSFER_TYPE_INTERRUPT] = USBMON_INTERRUPT,
+	};
+	unsigned ep = u->cmd.base.ep, dir = u->cmd.base.direction;
+	int type = ep == 0 ? LIBUSB_TRANSFER_TYPE_CONTROL :
+			     u->conn->eptype[dir][ep];
+
+	return type < 4 ? from_libusb[type] : USBMON_BULK;
+}
+
+/* One usbmon record of TYPE for U: STATUS and LENGTH as usbmon means
+ * them, then LEN bytes of the URB's data. */
+static void capture_urb(struct urb *u, char type, int32_t status,
+			uint32_t length, uint32_t len)
+{
+	struct capture *cap = u->conn->o->capture;
+	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
+	struct usbmon_iso_desc d[ISO_PACKETS_MAX];
+	struct usbmon_packet m = { .type = (uint8_t)type };
+	struct pcap_record_header r;
+	struct timespec ts;
+	int in = u->cmd.base.direction == USBIP_DIR_IN, i;
+
+	if (!cap || !cap->f)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	m.id = u->cmd.base.seqnum;
+	m.xfer_type = usbmon_type(u);
+	m.epnum = (uint8_t)(u->cmd.base.ep | (in ? LIBUSB_ENDPOINT_IN : 0));
+	m.devnum = (uint8_t)u->conn->devid;
+	m.busnum = (uint16_t)(u->conn->devid >> 16);
+	m.flag_setup = type == 'S' && u->cmd.base.ep == 0 ? 0 : '-';
+	if (m.flag_setup == 0)
+		memcpy(m.s.setup, cmd->setup, sizeof(m.s.setup));
+	/* No data: '<' for an IN submission, '>' for an OUT completion. */
+	m.flag_data = len ? 0 : type == 'S' && in ? '<' : type == 'C' && !in ?
+		      '>' : 0;
+	m.ts_sec = ts.tv_sec;
+	m.ts_usec = (int32_t)(ts.tv_nsec / 1000);
+	m.status = status;
+	m.length = length;
+	m.len_cap = len;
+	m.interval = cmd->interval;
+	m.start_frame = cmd->start_frame;
+	m.xfer_flags = cmd->transfer_flags;
+	m.ndesc = (uint32_t)urb_packets(u);
+	if (m.ndesc > 0)	/* the union's other half: no setup then */
+		m.s.iso.numdesc = urb_packets(u);
+	for (i = 0; i < urb_packets(u); i++) {
+		struct usbip_iso_packet_descriptor w;
+
+		unpack_iso_desc(u->iso + (size_t)i * USBIP_ISO_DESC_SIZE, &w);
+		d[i] = (struct usbmon_iso_desc){
+			type == 'C' ? (int32_t)w.status : 0, w.offset,
+			type == 'C' ? w.actual_length : w.length, 0 };
+		m.s.iso.error_count += type == 'C' && w.status != 0;
+	}
+	r = (struct pcap_record_header){ (uint32_t)ts.tv_sec,
+		(uint32_t)m.ts_usec, 0, 0 };
+	r.incl_len = r.orig_len = (uint32_t)(sizeof(m) + m.ndesc * sizeof(*d) +
+					     len);
+	if (fwrite(&r, sizeof(r), 1, cap->f) != 1 ||
+	    fwrite(&m, sizeof(m), 1, cap->f) != 1 ||
+	    fwrite(d, sizeof(*d), m.ndesc, cap->f) != m.ndesc ||
+	    !capture_data(cap->f, urb_data(u), len) || fflush(cap->f)) {
+		warn("--pcap %s: capture stopped", cap->path);
+		fclose(cap->f);
+		cap->f = NULL;
+	}
+}
+
+/*
+ * Copies LEN bytes of DATA into F through stdio's own buffer, a page at a
+ * time: a usbfs-mapped transfer buffer is no memory that write() may be
+ * given for every file (9p, for one, fails with EFAULT).  Returns 0 if
+ * a write failed.
+ */
+static int capture_data(FILE *f, const uint8_t *data, uint32_t len)
+{
+	uint32_t off, step;
+
+	for (off = 0; off < len; off += step) {
+		step = len - off < 4096 ? len - off : 4096;
+		if (fwrite(data + off, 1, step, f) != step)
+			return 0;
+	}
+	return 1;
 }
 
 /* ==== making it fast ===================================================== */

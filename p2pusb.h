@@ -191,4 +191,70 @@ _Static_assert(offsetof(struct usbip_header, u.cmd_submit.setup) == 0x28,
 _Static_assert(sizeof(struct usbip_iso_packet_descriptor) ==
 	       USBIP_ISO_DESC_SIZE, "iso descriptor");
 
+/* ---- serve --pcap: the Linux usbmon capture format ------------------ */
+
+/*
+ * What Wireshark reads as USB itself (Documentation/usb/usbmon.rst, "raw
+ * binary format"; pcap link type 220, LINKTYPE_USB_LINUX_MMAPPED).  Unlike
+ * USB/IP's, these fields are in the byte order of the machine that wrote
+ * the file, which the pcap magic number tells the reader.
+ */
+#define LINKTYPE_USB_LINUX_MMAPPED	220
+#define PCAP_MAGIC		0xa1b2c3d4
+
+struct pcap_file_header {
+	uint32_t magic;
+	uint16_t version_major, version_minor;	/* 2.4 */
+	int32_t thiszone;
+	uint32_t sigfigs, snaplen, linktype;
+};
+
+struct pcap_record_header {
+	uint32_t ts_sec, ts_usec, incl_len, orig_len;
+};
+
+struct usbmon_packet {
+	uint64_t id;			/* the same for an URB's S and C */
+	uint8_t type;			/* 'S'ubmission, 'C'allback */
+	uint8_t xfer_type;		/* USBMON_ISO ... USBMON_BULK */
+	uint8_t epnum;			/* with 0x80 for IN */
+	uint8_t devnum;
+	uint16_t busnum;
+	int8_t flag_setup;		/* 0: setup holds the SETUP packet */
+	int8_t flag_data;		/* 0: data follows; '<', '>': none */
+	int64_t ts_sec;
+	int32_t ts_usec;
+	int32_t status;
+	uint32_t length;		/* requested, or actual */
+	uint32_t len_cap;		/* data bytes in this record */
+	union {
+		uint8_t setup[8];
+		struct { int32_t error_count, numdesc; } iso;
+	} s;
+	int32_t interval;
+	int32_t start_frame;
+	uint32_t xfer_flags;
+	uint32_t ndesc;			/* iso descriptors after the header */
+};
+
+struct usbmon_iso_desc {
+	int32_t status;
+	uint32_t offset, length, pad;
+};
+
+#define USBMON_ISO		0
+#define USBMON_INTERRUPT	1
+#define USBMON_CONTROL		2
+#define USBMON_BULK		3
+
+_Static_assert(sizeof(struct pcap_file_header) == 24, "pcap header");
+_Static_assert(sizeof(struct pcap_record_header) == 16, "pcap record");
+_Static_assert(sizeof(struct usbmon_packet) == 64, "usbmon packet");
+_Static_assert(offsetof(struct usbmon_packet, busnum) == 12, "busnum");
+_Static_assert(offsetof(struct usbmon_packet, ts_sec) == 16, "ts_sec");
+_Static_assert(offsetof(struct usbmon_packet, status) == 28, "status");
+_Static_assert(offsetof(struct usbmon_packet, s) == 40, "setup");
+_Static_assert(offsetof(struct usbmon_packet, ndesc) == 60, "ndesc");
+_Static_assert(sizeof(struct usbmon_iso_desc) == 16, "usbmon iso desc");
+
 #endif /* P2PUSB_H */

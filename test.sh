@@ -13,7 +13,8 @@ cd "$(dirname "$0")"
 PACKAGES="gcc make pkg-config libusb-1.0-0-dev clang valgrind
 	qemu-system-x86 linux-image-amd64 linux-image-6.12-amd64
 	busybox-static kmod cpio xz-utils zstd
-	usbip usbutils alsa-utils sox openssh-server openssh-client systemd"
+	usbip usbutils alsa-utils sox openssh-server openssh-client systemd
+	tshark"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/p2pusb-test.XXXXXX")
 PORT=$((20000 + $$ % 20000))
 passed=0
@@ -476,6 +477,34 @@ rtt_bench_builds() {
 		tests/rtt-bench wake 0.1 | grep -E "^wake_us( [a-z_0-9]+ [0-9.]+){6}$"
 }
 
+# serve --pcap's capture of a mass-storage session, decoded by Wireshark's
+# own dissectors (tshark): USB descriptors and usb-storage's SCSI commands
+# are there, and not one record is malformed.
+pcap_scenario() {
+	local out=$WORK/vm-pcap f n
+	mkdir -p "$out"
+	tests/vm.sh -t 300 -o "$out" tests/scenarios.sh pcap_capture ||
+		return 1
+	f=$out/capture.pcap
+	# The gadget's MODE SENSE(6) answer has SCSI-2's 12-byte caching page,
+	# which Wireshark's SBC dissector reads past (as it would in the
+	# kernel's own usbmon capture): not the capture's fault.
+	n=$(tshark -r "$f" -Y '_ws.malformed && !(scsi_sbc.opcode == 0x1a)' \
+		2>/dev/null | wc -l)
+	echo "measured: --pcap wrote $(tshark -r "$f" 2>/dev/null | wc -l)" \
+		"usbmon records, $n malformed (MODE SENSE(6) aside)"
+	[ "$n" -eq 0 ] ||
+		{ tshark -r "$f" -Y _ws.malformed 2>/dev/null | head; return 1; }
+	tshark -r "$f" 2>&1 >/dev/null | grep -i "cut short\|corrupt" &&
+		return 1
+	tshark -r "$f" -Y "usb.idVendor == 0x1d6b" 2>/dev/null | grep -q . ||
+		{ echo "no device descriptor with the gadget's idVendor"; return 1; }
+	tshark -r "$f" -Y "scsi_sbc.opcode == 0x28" 2>/dev/null | grep -q . ||
+		{ echo "no SCSI READ(10)"; return 1; }
+	tshark -r "$f" -Y "scsi_sbc.opcode == 0x2a" 2>/dev/null | grep -q . ||
+		{ echo "no SCSI WRITE(10)"; return 1; }
+}
+
 flood_scenario() {
 	gcc -std=c11 -Wall -Wextra -Werror -O2 -o tests/flood tests/flood.c &&
 		vm_scenario flood
@@ -656,6 +685,7 @@ check "vm 14: systemd socket activation: serve --stdio per connection, usbip att
 check "vm 15: serve --busy-poll 200 <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client_busy_poll
 check "vm 16: attach --busy-poll --via serve --busy-poll --stdio (usb-storage)" vm_scenario via_pipe_busy_poll
 check "vm 17: devices by VID:PID: two at once, ambiguity, --persist across a re-plug" vm_scenario by_vid_pid
+check "vm 18: serve --pcap: tshark decodes USB and SCSI, nothing malformed" pcap_scenario
 check "build tests/rtt-bench (make bench's load), its wake probe runs" rtt_bench_builds
 check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c
 check "vm fault: client socket destroyed mid-copy; device given back, imports again" vm_scenario fault_client_gone

@@ -1253,6 +1253,14 @@ by_vid_pid() {
 	wait_gone g1
 }
 
+# 18. serve --pcap: a mass-storage session captured as usbmon records
+# (test.sh decodes $LOG/capture.pcap with tshark on the host).
+pcap_capture() {
+	SERVE_OPTS="--pcap $LOG/capture.pcap"
+	kernel_client
+	[ -s "$LOG/capture.pcap" ] || die "no capture written"
+}
+
 scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}
 load_usb_modules 4 2>/dev/null
 "$scenario"

@@ -107,6 +107,27 @@ static void check_num(const char *test, const char *field, long long got,
 		     (unsigned long long)got, want, (unsigned long long)want);
 }
 
+static void reverse(uint8_t *p, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n / 2; i++) {
+		uint8_t t = p[i];
+
+		p[i] = p[n - 1 - i];
+		p[n - 1 - i] = t;
+	}
+}
+
+/* A host-order u32 of the pcap file read back, as the record says it. */
+static long long get32le(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
 static void check_str(const char *test, const char *field, const char *got,
 		      const char *want)
 {
@@ -743,6 +764,76 @@ static void test_server_reactions(void)
 
 /* ---- helpers outside the wire format ------------------------------------ */
 
+/*
+ * serve --pcap: the file header and a GET_DESCRIPTOR submission as usbmon
+ * records it, written by hand from the kernel's Documentation/usb/
+ * usbmon.rst (struct usbmon_packet) and pcap's file format, little-endian
+ * (the format is the writer's byte order: on a big-endian machine each
+ * multi-byte field is compared reversed).  The timestamps are not
+ * compared.
+ */
+static void test_pcap_records(void)
+{
+	static const char file_hex[] =
+	    "d4 c3 b2 a1  02 00 04 00  00 00 00 00  00 00 00 00"
+	    "00 00 00 08  dc 00 00 00";
+	static const char usbmon_hex[] =
+	    "05 00 00 00 00 00 00 00  53 02 80 02  01 00  00 3c"
+	    "00 00 00 00 00 00 00 00  00 00 00 00  8d ff ff ff"
+	    "12 00 00 00  00 00 00 00  80 06 00 01 00 00 12 00"
+	    "00 00 00 00  00 00 00 00  00 02 00 00  00 00 00 00";
+	/* multi-byte fields: offset, size (file header, then usbmon's) */
+	static const uint8_t file_fields[][2] = {
+		{ 0, 4 }, { 4, 2 }, { 6, 2 }, { 16, 4 }, { 20, 4 },
+	};
+	static const uint8_t usbmon_fields[][2] = {
+		{ 0, 8 }, { 12, 2 }, { 28, 4 }, { 32, 4 }, { 36, 4 },
+		{ 56, 4 },
+	};
+	static struct serve_opts opts = { .max_length = URB_LENGTH_MAX };
+	uint8_t want_file[24], want[64], got[24 + 16 + 64 + 1];
+	char path[] = "/tmp/p2pusb-wire-test.XXXXXX";
+	int fd = mkstemp(path), big = htonl(1) == 1;
+	struct conn c;
+	struct urb *u;
+	size_t i, n;
+	FILE *f;
+
+	if (fd < 0)
+		err(2, "mkstemp");
+	close(fd);
+	from_hex(file_hex, want_file, sizeof(want_file));
+	from_hex(usbmon_hex, want, sizeof(want));
+	for (i = 0; big && i < sizeof(file_fields) / 2; i++)
+		reverse(want_file + file_fields[i][0], file_fields[i][1]);
+	for (i = 0; big && i < sizeof(usbmon_fields) / 2; i++)
+		reverse(want + usbmon_fields[i][0], usbmon_fields[i][1]);
+	opts.capture = open_capture(path);
+	fake_conn(&c);
+	c.o = &opts;
+	from_hex(dec_cases[DEC_GET_DESCRIPTOR].hex, c.rxbuf, sizeof(c.rxbuf));
+	on_header(&c);
+	u = c.rxurb;
+	if (!u) {
+		fail("pcap.submit", "no urb");
+		return;
+	}
+	capture_submit(u);
+	fclose(opts.capture->f);
+	f = fopen(path, "r");
+	n = f ? fread(got, 1, sizeof(got), f) : 0;
+	if (f)
+		fclose(f);
+	unlink(path);
+	check_num("pcap", "bytes", (long long)n, 24 + 16 + 64);
+	check_bytes("pcap.file-header", got, want_file, 24, 0);
+	check_num("pcap", "record-length", get32le(got + 24 + 8), 64);
+	memset(got + 40 + 16, 0, 12);	/* ts_sec, ts_usec */
+	check_bytes("pcap.usbmon-S-GET_DESCRIPTOR", got + 40, want, 64, 0);
+	c.o = NULL;
+	drop_conn(&c);
+}
+
 /* A status is whatever 32 bits a peer sends: INT32_MIN too (UBSan). */
 static void test_status_names(void)
 {
@@ -834,6 +925,7 @@ int main(void)
 	test_setup_little_endian();
 	test_server_reactions();
 	test_status_names();
+	test_pcap_records();
 	test_split_host_port();
 	test_speed_from_sysfs();
 	test_busid_names();
