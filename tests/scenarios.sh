@@ -20,8 +20,10 @@ on_exit() {
 	local rc=$?
 	stop_server || rc=1
 	if [ $rc -ne 0 ]; then
-		echo "--- server log"; cat "$LOG"/serve*.log 2>/dev/null || true
 		usb_dump_bounded
+		# Last, where test.sh's 60-line tail of a failure shows it.
+		echo "--- server log (last 30 lines)"
+		tail -n 30 "$LOG"/serve*.log 2>/dev/null || true
 		echo "FAIL"
 		exit 1
 	fi
