@@ -1,17 +1,19 @@
 #!/bin/bash
-# bench-guest.sh [-m MIB] [-t SECS] ROUNDS [PATH...] - the benchmark's VM
-# side, run by tests/bench.sh through tests/vm.sh.  Not a pass/fail test.
+# bench-guest.sh [-s SECS] [-t SECS] [-l SLICE] [-b USEC] ROUNDS [PATH...]
+# - the benchmark's VM side, run by tests/bench.sh through tests/vm.sh.
+# Not a pass/fail test.
 #
 # Every path is set up once, each on a mass-storage gadget of its own on
 # dummy_hcd (32 MiB images in the guest's /tmp), and all stay attached;
-# then the paths take turns in short slots, each p2pusb slot between two
-# slots of the kernel's usbip-host, so that its ratio to the kernel comes
-# from figures taken seconds apart (bench.sh pairs them):
+# then come slots, ROUNDS times (default 8) round after round, the order
+# of the p2pusb paths rotating:
 #
-#   kernel p2k kernel p2p kernel bp200 kernel kx2 p2x2 kx2 direct kernel ...
+#   direct | kernel+p2k | kernel+p2p | kernel+bp2000 | kx2+p2x2 | direct ...
 #
-# ROUNDS (default 8) times, the order of the p2pusb paths rotating from
-# round to round.  The paths:
+# A slot of a p2pusb path holds its kernel peer (kx2 for p2x2, kernel for
+# the rest) too: the two take turns every SLICE seconds, the kernel first
+# and last, so that both see the same seconds of a host that may be busy
+# with other work (bench.sh divides one by the other).  The paths:
 #
 #   direct   the gadget's own /dev/sdX on dummy_hcd: the rig's limit
 #   kernel   usbip-host + usbipd  <->  kernel `usbip attach` (the peer)
@@ -19,7 +21,7 @@
 #            attach` and streamed at once (the peer of p2x2)
 #   p2k      p2pusb serve         <->  kernel `usbip attach`
 #   p2p      p2pusb serve         <->  p2pusb attach
-#   bpUSEC   like p2k, with p2pusb serve --busy-poll USEC (bp200, bp1000)
+#   bpUSEC   like p2k, with p2pusb serve --busy-poll USEC (bp2000)
 #   p2x2     p2pusb serve with two gadgets, both imported with `usbip
 #            attach` and streamed at once (server RSS for two devices)
 #   cand-N   like p2k, with a candidate build $P2PUSB_OUT/bin/cand-N
@@ -29,20 +31,21 @@
 # PATHs, only those are measured, plus the kernel path each is compared
 # with (kx2 for p2x2, kernel for the rest).
 #
-# A slot of one device (tests/rtt-bench.c slot, in one process: under
-# TCG each fork and exec costs tens of ms): sequential read and write
-# (1 MiB O_DIRECT, as dd bs=1M iflag=direct, MIB each, default 16), 4 KiB
-# random reads at queue depth 1 and GET_DESCRIPTOR round trips through
-# usbfs for SECS each (default 1.5), the server's CPU time over the
-# sequential part (p2pusb: every thread's /proc/PID/task/*/schedstat;
-# kernel: its stub_rx and stub_tx threads only) and the server's VmHWM.
-# A slot of two devices: both read at once, then both written, MIB each;
-# the sum of their MB/s.
+# A slot (tests/rtt-bench.c slot, in one process: under TCG each fork and
+# exec costs tens of ms): SEQ_S seconds (-s, default 3) of sequential
+# reads (1 MiB O_DIRECT, as dd bs=1M iflag=direct), as many of writes,
+# SECS seconds (-t, default 3) of 4 KiB random reads at queue depth 1 and
+# as many of GET_DESCRIPTOR round trips through usbfs, each path of the
+# slot getting half of each, in turns of SLICE seconds (-l, default 0.3);
+# the server's CPU time over the sequential part (p2pusb: every thread's
+# /proc/PID/task/*/schedstat; kernel: its stub_rx and stub_tx threads
+# only) and the server's VmHWM.  A path of two devices loads both at once
+# (reads and writes only) and reports the sum of their MB/s.
 #
 # Results are appended as they come to $P2PUSB_OUT/results.txt:
 #   B PATH SLOT             a measurement started (SLOT: its place in the
 #                           sequence, or "setup")
-#   R PATH SLOT KEY VALUE   one figure
+#   R PATH SLOT KEY VALUE   one figure (of PATH or of its kernel peer)
 #   E PATH SLOT             it finished
 #   F PATH SLOT             it failed
 # A slot that already has an E line, or an O line (bench.sh adds one when

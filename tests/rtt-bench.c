@@ -438,9 +438,10 @@ static void side_print(const char *tag, struct side *d)
 /* rtt-bench slot SEQ_S SECS SLICE NODE DISKS PIDS [NODE DISKS PIDS] */
 static int slot(int argc, char **argv)
 {
-	double seq_s = atof(argv[2]), secs = atof(argv[3]), slice = atof(argv[4]);
 	struct side sides[2] = { { 0 } }, *a = &sides[0], *b = NULL;
 	int n = argc == 11 ? 2 : 1;
+	double seq_s = argc > 4 ? atof(argv[2]) : 0, secs = argc > 4 ? atof(argv[3]) : 0,
+	       slice = argc > 4 ? atof(argv[4]) : 0;
 
 	if ((argc != 8 && argc != 11) || seq_s <= 0 || secs <= 0 || slice <= 0) {
 		fprintf(stderr, "rtt-bench slot: SEQ_S SECS SLICE NODE DISKS PIDS"
