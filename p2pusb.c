@@ -34,9 +34,9 @@
  *   the client           handshake, vhci_hcd, attach / port / detach
  *   the command line     main()
  *   extras               -vv trace, --allow, dialing either way, --stdio
- *                        and --via, --persist, making it fast: each hooks
- *                        into the core through one named function, and a
- *                        first reading can skip them all
+ *                        and --via, --persist, --pcap, making it fast:
+ *                        each hooks into the core through one named
+ *                        function, and a first reading can skip them all
  */
 #define _GNU_SOURCE
 
