@@ -323,7 +323,7 @@ static const char *printable(const char *s, size_t len, char *buf)
 }
 
 /* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no port. */
-ONCE static void split_host_port(const char *arg, char *host, size_t hostlen,
+static ONCE void split_host_port(const char *arg, char *host, size_t hostlen,
 				 char *port, size_t portlen)
 {
 	const char *colon = strrchr(arg, ':');
@@ -412,7 +412,7 @@ static void set_tcp_options(int fd)
 }
 
 /* Binds every address ADDR resolves to (all of them when ADDR is NULL). */
-ONCE static int listen_on(const char *addr, const char *port, int *fds, int max)
+static ONCE int listen_on(const char *addr, const char *port, int *fds, int max)
 {
 	struct addrinfo hints = {
 		.ai_family = AF_UNSPEC,
@@ -474,7 +474,7 @@ static int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
 }
 
 /* Returns a connected socket, or -1 with the reason in WHY. */
-ONCE static int try_dial(const char *host, const char *port, char *why,
+static ONCE int try_dial(const char *host, const char *port, char *why,
 			 size_t whylen)
 {
 	struct addrinfo hints = {
@@ -659,7 +659,7 @@ static int is_device_name(const char *name)
  * OP_REP_DEVLIST appends to it.  Returns the number of interfaces, or -1
  * if there is no such device.
  */
-ONCE static int describe_device(const char *busid, struct usbip_usb_device *rec,
+static ONCE int describe_device(const char *busid, struct usbip_usb_device *rec,
 				struct usbip_usb_interface *ifs)
 {
 	char path[PATH_MAX], real[PATH_MAX], speed[16], intf[64];
@@ -903,11 +903,11 @@ struct attach_opts;
 static void add_conn(int rfd, int wfd, const char *peer,
 		     const struct serve_opts *o);
 static int count_conns(void);
-static void answer_devlist(struct conn *c);
+static ONCE void answer_devlist(struct conn *c);
 static int busid_in_use(const char *busid);
-static int import_device(struct conn *c, struct usbip_usb_device *rec,
-			 struct usbip_usb_interface *ifs);
-static int open_device(struct conn *c, const struct usbip_usb_device *rec);
+static ONCE int import_device(struct conn *c, struct usbip_usb_device *rec,
+			      struct usbip_usb_interface *ifs);
+static ONCE int open_device(struct conn *c, const struct usbip_usb_device *rec);
 static void learn_endpoints(struct conn *c);
 static int take_interfaces(libusb_device_handle *h);
 static void give_back_interfaces(libusb_device_handle *h);
@@ -925,7 +925,7 @@ static int32_t fill_transfer(struct urb *u, int type);
 static void inflight_add(struct conn *c, struct urb *u);
 static int32_t load_iso(struct urb *u);
 static int run_intercepted(struct urb *u);
-static int set_configuration(struct conn *c, int value);
+static ONCE int set_configuration(struct conn *c, int value);
 static int set_interface(struct conn *c, int intf, int alt);
 static void on_cmd_unlink(struct conn *c, const struct usbip_header *h);
 static int is_early_unlink(const struct conn *c, uint32_t victim);
@@ -949,37 +949,37 @@ static void free_msg(struct msg *m);
 static void end_after_replies(struct conn *c, const char *why);
 static void protocol_error(struct conn *c, const char *fmt, ...);
 static void close_conn(struct conn *c, const char *why);
-static void give_back_device(struct conn *c);
+static ONCE void give_back_device(struct conn *c);
 static int finished(struct server *sv);
 static int next_wakeup_ms(struct server *sv);
 static void dispatch(struct server *sv, int ready);
 static void build_pollset(struct server *sv);
-static void begin_stop(struct server *sv);
+static ONCE void begin_stop(struct server *sv);
 static void pause_accepting(struct server *sv);
 static void resume_accepting(struct server *sv, int freed);
 static const char *op_status_name(uint32_t status);
-static void print_device_line(const struct usbip_usb_device *d,
-			      const struct usbip_usb_interface *ifs,
-			      int nifs, const char *product);
-static void find_busid(const struct attach_opts *o,
-		       char busid[SYSFS_BUS_ID_SIZE]);
+static ONCE void print_device_line(const struct usbip_usb_device *d,
+				   const struct usbip_usb_interface *ifs,
+				   int nifs, const char *product);
+static ONCE void find_busid(const struct attach_opts *o,
+			    char busid[SYSFS_BUS_ID_SIZE]);
 static void close_link(struct link *l);
-static void trace_header(const char *who, const struct usbip_header *h,
-			 int type);
+static ONCE void trace_header(const char *who, const struct usbip_header *h,
+			      int type);
 static void trace_reply(const char *who, const uint8_t *head);
-static void parse_allow(struct serve_opts *o, const char *list);
+static ONCE void parse_allow(struct serve_opts *o, const char *list);
 static int is_allowed(const struct serve_opts *o, const struct sockaddr *sa);
 static void redial(struct server *sv);
 static int backoff(int *next_ms);
-static void accept_one(const char *where, struct link *l);
-static void spawn_via(const char *command, struct link *l);
+static ONCE void accept_one(const char *where, struct link *l);
+static ONCE void spawn_via(const char *command, struct link *l);
 static int relay(int vhci, const struct link *l, long busy_poll_us);
 static void end_child(struct link *l);
-static int attach_persist(const struct attach_opts *o, const char *dir);
-static int import_in_child(const struct attach_opts *o, const char *dir,
-			   pid_t *pid);
+static ONCE int attach_persist(const struct attach_opts *o, const char *dir);
+static ONCE int import_in_child(const struct attach_opts *o, const char *dir,
+				pid_t *pid);
 static void wait_while_attached(const char *dir, int port);
-static struct capture *open_capture(const char *path);
+static ONCE struct capture *open_capture(const char *path);
 static void capture_submit(struct urb *u);
 static void capture_reply(struct urb *u, int32_t status, int32_t actual);
 static void capture_urb(struct urb *u, char type, int32_t status,
@@ -1138,7 +1138,7 @@ static int append_device(const struct usbip_usb_device *rec,
 	return 0;
 }
 
-ONCE static void answer_devlist(struct conn *c)
+static ONCE void answer_devlist(struct conn *c)
 {
 	size_t head = OP_COMMON_SIZE + sizeof(struct op_devlist_reply);
 	struct devlist dl = { c->o, malloc(head), head, 0 };
@@ -1157,7 +1157,7 @@ ONCE static void answer_devlist(struct conn *c)
 	end_after_replies(c, "device list sent");
 }
 
-ONCE static void answer_import(struct conn *c)
+static ONCE void answer_import(struct conn *c)
 {
 	uint8_t rep[OP_REP_IMPORT_SIZE];
 	struct usbip_usb_interface ifs[MAX_INTERFACES];
@@ -1218,7 +1218,7 @@ static int busid_in_use(const char *busid)
  * libusb says NOT_FOUND, and the device is looked up by its busid and
  * opened once more.  Returns an ST_* status, and REC as opened.
  */
-ONCE static int import_device(struct conn *c, struct usbip_usb_device *rec,
+static ONCE int import_device(struct conn *c, struct usbip_usb_device *rec,
 			      struct usbip_usb_interface *ifs)
 {
 	int tries = 0, status, rc;
@@ -1243,7 +1243,7 @@ ONCE static int import_device(struct conn *c, struct usbip_usb_device *rec,
 }
 
 /* usbfs's node for the device, handed to libusb as an open descriptor. */
-ONCE static int open_device(struct conn *c, const struct usbip_usb_device *rec)
+static ONCE int open_device(struct conn *c, const struct usbip_usb_device *rec)
 {
 	char path[PATH_MAX];
 	int rc;
@@ -1790,7 +1790,7 @@ static int run_intercepted(struct urb *u)
  * them and the change would fail): whatever configuration is active
  * afterwards, new or unchanged, has its interfaces claimed again.
  */
-ONCE static int set_configuration(struct conn *c, int value)
+static ONCE int set_configuration(struct conn *c, int value)
 {
 	int cur = -1, rc, claimed;
 
@@ -2305,7 +2305,7 @@ static int reap_conns(void)
  * across the reset), so the device leaves in a clean state; then release
  * and let the kernel rebind its drivers.
  */
-ONCE static void give_back_device(struct conn *c)
+static ONCE void give_back_device(struct conn *c)
 {
 	int rc = libusb_reset_device(c->handle);
 
@@ -2424,7 +2424,7 @@ static void LIBUSB_CALL usb_fd_removed(int fd, void *arg)
 }
 
 /* Without USB, serve still runs: it offers nothing and says why once. */
-ONCE static void open_usb(void)
+static ONCE void open_usb(void)
 {
 	int rc;
 
@@ -2623,7 +2623,7 @@ static void build_pollset(struct server *sv)
 		pollset_add(sv, ufds[i]->fd, ufds[i]->events, NULL);
 }
 
-ONCE static void begin_stop(struct server *sv)
+static ONCE void begin_stop(struct server *sv)
 {
 	struct conn *c;
 	int i;
@@ -2703,7 +2703,7 @@ static void check_op_reply(const uint8_t *p, uint16_t code, const char *peer,
 
 /* OP_REQ_IMPORT, then OP_REP_IMPORT read in full: nothing may be left in
  * the socket for vhci_hcd to misread as a RET_SUBMIT. */
-ONCE static void request_import(int rfd, int wfd, const char *busid,
+static ONCE void request_import(int rfd, int wfd, const char *busid,
 				const char *peer, int timeout_ms,
 				struct usbip_usb_device *rec)
 {
@@ -2735,7 +2735,7 @@ ONCE static void request_import(int rfd, int wfd, const char *busid,
 
 /* OP_REQ_DEVLIST: calls FN for each device the server lists; returns how
  * many it listed. */
-ONCE static uint32_t request_devlist(int rfd, int wfd, const char *peer,
+static ONCE uint32_t request_devlist(int rfd, int wfd, const char *peer,
 				     int timeout_ms, device_fn *fn,
 				     void *arg)
 {
@@ -2780,7 +2780,7 @@ static int print_remote_device(const struct usbip_usb_device *rec,
 	return 0;
 }
 
-ONCE static void print_device_line(const struct usbip_usb_device *d,
+static ONCE void print_device_line(const struct usbip_usb_device *d,
 				   const struct usbip_usb_interface *ifs,
 				   int nifs, const char *product)
 {
@@ -2815,7 +2815,7 @@ struct vhci_port {
 };
 
 /* vhci_hcd.0 holds the attach/detach files for every controller. */
-ONCE static void find_vhci(char *dir, size_t len)
+static ONCE void find_vhci(char *dir, size_t len)
 {
 	static const char *candidates[] = {
 		"/sys/devices/platform/vhci_hcd.0",
@@ -2838,7 +2838,7 @@ ONCE static void find_vhci(char *dir, size_t len)
 }
 
 /* Reads every status file ("status", "status.1", ...): one per controller. */
-ONCE static int read_vhci_ports(const char *dir, struct vhci_port *ports,
+static ONCE int read_vhci_ports(const char *dir, struct vhci_port *ports,
 				int max)
 {
 	char pattern[PATH_MAX], line[256];
@@ -2916,7 +2916,7 @@ static int write_sysfs(const char *dir, const char *file, const char *text)
 }
 
 /* Same format as `usbip attach`, so `usbip port` and `usbip detach` work. */
-ONCE static void write_record(int port, const char *host, const char *service,
+static ONCE void write_record(int port, const char *host, const char *service,
 			      const char *busid)
 {
 	char path[PATH_MAX];
@@ -2951,7 +2951,7 @@ static int vhci_attach(const char *dir, int port, int fd, uint32_t devid,
 	return write_sysfs(dir, "attach", line);
 }
 
-ONCE static int attach_to_vhci(const char *dir, int fd,
+static ONCE int attach_to_vhci(const char *dir, int fd,
 			       const struct usbip_usb_device *rec)
 {
 	struct vhci_port ports[VHCI_PORTS_MAX];
@@ -3014,7 +3014,7 @@ struct attach_opts {
 	long busy_poll_us;		/* --busy-poll, for the --via relay */
 };
 
-ONCE static void open_link(const struct attach_opts *o, struct link *l)
+static ONCE void open_link(const struct attach_opts *o, struct link *l)
 {
 	memset(l, 0, sizeof(*l));
 	l->timeout_ms = IO_TIMEOUT_MS;
@@ -3035,7 +3035,7 @@ ONCE static void open_link(const struct attach_opts *o, struct link *l)
  * here until the session ends; otherwise the kernel keeps the socket and
  * we return at once.  Prints the vhci port.
  */
-ONCE static int attach_once(const struct attach_opts *o, const char *dir)
+static ONCE int attach_once(const struct attach_opts *o, const char *dir)
 {
 	char busid[SYSFS_BUS_ID_SIZE];
 	struct usbip_usb_device rec;
@@ -3105,7 +3105,7 @@ static int match_device(const struct usbip_usb_device *rec,
  * a first OP_REQ_DEVLIST (USB/IP imports by busid only).  --persist asks
  * again every time, so the device is found on whatever port it is.
  */
-ONCE static void find_busid(const struct attach_opts *o,
+static ONCE void find_busid(const struct attach_opts *o,
 			    char busid[SYSFS_BUS_ID_SIZE])
 {
 	struct match m = { .n = 0 };
@@ -3135,7 +3135,7 @@ static void close_link(struct link *l)
 	end_child(l);
 }
 
-ONCE static int cmd_port(void)
+static ONCE int cmd_port(void)
 {
 	struct vhci_port ports[VHCI_PORTS_MAX];
 	char dir[PATH_MAX];
@@ -3174,7 +3174,7 @@ ONCE static int cmd_port(void)
 	return 0;
 }
 
-ONCE static int cmd_detach(const char *arg)
+static ONCE int cmd_detach(const char *arg)
 {
 	struct vhci_port p;
 	char dir[PATH_MAX], *end;
@@ -3200,7 +3200,7 @@ ONCE static int cmd_detach(const char *arg)
 
 /* ==== the command line =================================================== */
 
-ONCE static int print_local_device(const struct usbip_usb_device *rec,
+static ONCE int print_local_device(const struct usbip_usb_device *rec,
 				   const struct usbip_usb_interface *ifs,
 				   int nifs, void *arg)
 {
@@ -3214,7 +3214,7 @@ ONCE static int print_local_device(const struct usbip_usb_device *rec,
 	return 0;
 }
 
-ONCE static int cmd_list(const char *target)
+static ONCE int cmd_list(const char *target)
 {
 	char host[256], service[32], peer[300];
 	int fd, n = 0;
@@ -3235,7 +3235,7 @@ ONCE static int cmd_list(const char *target)
 	return 0;
 }
 
-ONCE static void usage(FILE *out)
+static ONCE void usage(FILE *out)
 {
 	fprintf(out,
 "usage: p2pusb [-v] COMMAND [ARGS]\n"
@@ -3274,20 +3274,31 @@ static int parse_max_length(const char *arg)
 	return (int)n;
 }
 
-/* Each of serve's NAMES is a busid or a VID:PID; says which is neither. */
-static void check_device_names(char **names, int n)
+/*
+ * What serve's options must agree on, checked once all are read: each
+ * DEVICE a busid or a VID:PID, --stdio with one, and --pcap's file, which
+ * this opens.
+ */
+static ONCE void finish_serve_opts(struct serve_opts *o, const char *pcap)
 {
 	uint16_t vid, pid;
 	int i;
 
-	for (i = 0; i < n; i++)
-		if (strchr(names[i], ':') &&
-		    !parse_vid_pid(names[i], &vid, &pid))
+	for (i = 0; i < o->nbusids; i++)
+		if (strchr(o->busids[i], ':') &&
+		    !parse_vid_pid(o->busids[i], &vid, &pid))
 			errx(1, "%s is neither a busid nor a VID:PID such as "
-			     "1050:0407", names[i]);
+			     "1050:0407", o->busids[i]);
+	if (o->stdio && (o->connect_to || o->nbusids != 1))
+		errx(1, "serve --stdio takes exactly one DEVICE and no "
+		     "--connect");
+	if (pcap && o->stdio && strcmp(pcap, "-") == 0)
+		errx(1, "serve --stdio needs stdout: --pcap to a file");
+	if (pcap)
+		o->capture = open_capture(pcap);
 }
 
-ONCE static int cmd_serve(int argc, char **argv)
+static ONCE int cmd_serve(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "allow", required_argument, NULL, 'A' },
@@ -3341,18 +3352,11 @@ ONCE static int cmd_serve(int argc, char **argv)
 	}
 	o.busids = argv + optind;
 	o.nbusids = argc - optind;
-	check_device_names(o.busids, o.nbusids);
-	if (o.stdio && (o.connect_to || o.nbusids != 1))
-		errx(1, "serve --stdio takes exactly one DEVICE and no "
-		     "--connect");
-	if (pcap && o.stdio && strcmp(pcap, "-") == 0)
-		errx(1, "serve --stdio needs stdout: --pcap to a file");
-	if (pcap)
-		o.capture = open_capture(pcap);
+	finish_serve_opts(&o, pcap);
 	return serve(&o);
 }
 
-ONCE static int cmd_attach(int argc, char **argv)
+static ONCE int cmd_attach(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -3409,7 +3413,7 @@ ONCE static int cmd_attach(int argc, char **argv)
 	return o.persist ? attach_persist(&o, dir) : attach_once(&o, dir);
 }
 
-ONCE int main(int argc, char **argv)
+int ONCE main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
@@ -3511,7 +3515,7 @@ static const char *transfer_type_name(int type)
 }
 
 /* Standard requests by name; class and vendor requests shown raw. */
-ONCE static void describe_setup(const uint8_t *s, char *buf, size_t len)
+static ONCE void describe_setup(const uint8_t *s, char *buf, size_t len)
 {
 	static const char *requests[] = {
 		"GET_STATUS", "CLEAR_FEATURE", "?", "SET_FEATURE", "?",
@@ -3564,7 +3568,7 @@ ONCE static void describe_setup(const uint8_t *s, char *buf, size_t len)
 }
 
 /* TYPE is the endpoint's transfer type where the caller knows it, or -1. */
-ONCE static void trace_header(const char *who, const struct usbip_header *h,
+static ONCE void trace_header(const char *who, const struct usbip_header *h,
 			      int type)
 {
 	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
@@ -3629,7 +3633,7 @@ struct cidr {
 
 
 
-ONCE static void parse_allow(struct serve_opts *o, const char *list)
+static ONCE void parse_allow(struct serve_opts *o, const char *list)
 {
 	char *copy = strdup(list), *tok, *save = NULL;
 
@@ -3740,7 +3744,7 @@ static int backoff(int *next_ms)
 }
 
 /* --listen: the device side dials us (it is behind NAT, say). */
-ONCE static void accept_one(const char *where, struct link *l)
+static ONCE void accept_one(const char *where, struct link *l)
 {
 	char addr[256], port[32];
 	struct sockaddr_storage sa;
@@ -3781,7 +3785,7 @@ ONCE static void accept_one(const char *where, struct link *l)
 /* ==== one session over a pipe: serve --stdio, attach --via =============== */
 
 /* --via: run COMMAND with its stdin and stdout as our two pipes. */
-ONCE static void spawn_via(const char *command, struct link *l)
+static ONCE void spawn_via(const char *command, struct link *l)
 {
 	int in[2], out[2];
 
@@ -4026,7 +4030,7 @@ static int port_in_use(const char *dir, int port)
  * child that exits EXIT_PERMANENT met an error that trying again cannot
  * mend (the busid is not offered, vhci_hcd refuses us), and said so.
  */
-ONCE static int attach_persist(const struct attach_opts *o, const char *dir)
+static ONCE int attach_persist(const struct attach_opts *o, const char *dir)
 {
 	int backoff_ms = 0, status, wait_ms;
 	sigset_t unblocked;
@@ -4063,7 +4067,7 @@ ONCE static int attach_persist(const struct attach_opts *o, const char *dir)
 }
 
 /* Forks attach_once(); returns the port it printed, or -1 if none. */
-ONCE static int import_in_child(const struct attach_opts *o, const char *dir,
+static ONCE int import_in_child(const struct attach_opts *o, const char *dir,
 				pid_t *pid)
 {
 	char line[32];
@@ -4127,7 +4131,7 @@ struct capture {
 };
 
 /* Opens PATH ("-": stdout) for serve --pcap, with the file header. */
-ONCE static struct capture *open_capture(const char *path)
+static ONCE struct capture *open_capture(const char *path)
 {
 	static struct capture cap;
 	struct pcap_file_header h = {
