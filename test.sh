@@ -686,6 +686,7 @@ check "vm 15: serve --busy-poll 200 <-> kernel usbip attach (usb-storage)" vm_sc
 check "vm 16: attach --busy-poll --via serve --busy-poll --stdio (usb-storage)" vm_scenario via_pipe_busy_poll
 check "vm 17: devices by VID:PID: two at once, ambiguity, --persist across a re-plug" vm_scenario by_vid_pid
 check "vm 18: serve --pcap: tshark decodes USB and SCSI, nothing malformed" pcap_scenario
+check "vm 19: VID:PID over attach --listen (serve --connect redials) and --via (two serve --stdio)" vm_scenario vid_pid_dialing
 check "build tests/rtt-bench (make bench's load), its wake probe runs" rtt_bench_builds
 check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c
 check "vm fault: client socket destroyed mid-copy; device given back, imports again" vm_scenario fault_client_gone

@@ -1255,6 +1255,69 @@ by_vid_pid() {
 	wait_gone g1
 }
 
+# 19. VID:PID over the two other links.  A VID:PID costs two links: one for
+# OP_REQ_DEVLIST, one for the import of the busid it found.  attach
+# --listen accepts twice, so serve --connect must dial again after the
+# list; attach --via runs its command twice.  Neither command line names
+# the busid: p2pusb port must.
+vid_pid_dialing() {
+	local id port disk pid t0
+	storage_gadget g1
+	id=$(gadget_id g1)
+	# attach --listen VID:PID, the server dialing in (itself by VID:PID).
+	t0=$(ms_now)
+	$P2PUSB -v attach --listen 127.0.0.1:3241 "$id" >/tmp/port \
+		2>"$LOG/listen.log" &
+	pid=$!
+	wait_for_listen 3241 10 || { kill $pid; die "attach --listen is not listening"; }
+	$P2PUSB -v serve --connect 127.0.0.1:3241 "$id" 2>"$LOG/serve.log" &
+	SERVER_PID=$!
+	timeout 30 tail --pid=$pid -f /dev/null ||
+		{ kill $pid; cat "$LOG/listen.log"; die "attach --listen $id: no import within 30 s"; }
+	wait $pid || { cat "$LOG/listen.log"; die "attach --listen $id failed"; }
+	port=$(cat /tmp/port)
+	echo "measured: attach --listen $id: port $port in $(secs $(($(ms_now) - t0))) s;" \
+		"server's dials refused meanwhile: $(grep -c "again in" "$LOG/serve.log" || true)"
+	grep -E ": (listed|imported)" "$LOG/serve.log"
+	grep -q "listed 1 devices" "$LOG/serve.log" &&
+		grep -q "imported $BUSID" "$LOG/serve.log" ||
+		die "serve --connect: not one dial for the list, one for the import"
+	disk=$(imported_disk g1)
+	$P2PUSB port | tee /tmp/port.list
+	grep -q "^port $port: .* $id .*127\.0\.0\.1 [0-9]* $BUSID\$" \
+		/tmp/port.list || die "p2pusb port does not name the busid $BUSID (--listen)"
+	disk_check "$disk" "$IMAGE"
+	$P2PUSB detach "$port"
+	wait_gone g1
+	stop_server
+	given_back "$BUSID" usb-storage 10 ||
+		die "device not given back after the --listen session"
+	# attach --via VID:PID, the command a serve --stdio VID:PID.
+	t0=$(ms_now)
+	$P2PUSB -v attach --via "$P2PUSB -v serve --stdio $id" "$id" \
+		>/tmp/port 2>"$LOG/relay.log" &
+	pid=$!
+	port=$(wait_port /tmp/port) ||
+		{ kill $pid; cat "$LOG/relay.log"; die "attach --via $id: no port within 30 s"; }
+	echo "measured: attach --via $id: port $port in $(secs $(($(ms_now) - t0))) s"
+	disk=$(imported_disk g1)
+	$P2PUSB port | tee /tmp/port.list
+	grep -q "^port $port: .* $id .*via relay $BUSID\$" /tmp/port.list ||
+		die "p2pusb port does not name the busid $BUSID (--via)"
+	disk_check "$disk" "$IMAGE"
+	$P2PUSB detach "$port"
+	wait_gone g1
+	timeout 20 tail --pid=$pid -f /dev/null ||
+		{ kill $pid; die "relay did not end"; }
+	wait $pid || die "relay exited with an error"
+	grep -E "stdio: (listed|imported)" "$LOG/relay.log"
+	grep -q "stdio: listed 1 devices" "$LOG/relay.log" &&
+		grep -q "stdio: imported $BUSID" "$LOG/relay.log" ||
+		die "--via: not one serve --stdio for the list, one for the import"
+	given_back "$BUSID" usb-storage 10 ||
+		die "device not given back after the --via session"
+}
+
 # 18. serve --pcap: a mass-storage session captured as usbmon records
 # (test.sh decodes $LOG/capture.pcap with tshark on the host).
 pcap_capture() {
