@@ -900,6 +900,8 @@ struct server;
 struct busy_poll;
 struct link;
 struct attach_opts;
+struct framer;
+struct urb_seen;
 static void add_conn(int rfd, int wfd, const char *peer,
 		     const struct serve_opts *o);
 static int count_conns(void);
@@ -973,7 +975,10 @@ static void redial(struct server *sv);
 static int backoff(int *next_ms);
 static ONCE void accept_one(const char *where, struct link *l);
 static ONCE void spawn_via(const char *command, struct link *l);
-static int relay(int vhci, const struct link *l, long busy_poll_us);
+static int relay(int vhci, const struct link *l,
+		 const struct attach_opts *o, uint32_t devid);
+static int pass_both_ways(int vhci, const struct link *l, long busy_poll_us,
+			  struct framer *f);
 static void end_child(struct link *l);
 static ONCE int attach_persist(const struct attach_opts *o, const char *dir);
 static ONCE int import_in_child(const struct attach_opts *o, const char *dir,
@@ -982,8 +987,15 @@ static void wait_while_attached(const char *dir, int port);
 static ONCE struct capture *open_capture(const char *path);
 static void capture_submit(struct urb *u);
 static void capture_reply(struct urb *u, int32_t status, int32_t actual);
-static void capture_urb(struct urb *u, char type, int32_t status,
-			uint32_t length, uint32_t len);
+static void capture_served(struct urb *u, char type, int32_t status,
+			   int32_t length);
+static uint8_t usbmon_type(const struct urb *u);
+static void capture_passing(struct framer *f);
+static void capture_urb(struct capture *cap, const struct urb_seen *s,
+			char type, int32_t status, uint32_t length);
+static struct usbmon_iso_desc usbmon_desc(const struct urb_seen *s,
+					  uint32_t i, char type);
+static void stop_capture(struct capture *cap);
 static int capture_data(FILE *f, const uint8_t *data, uint32_t len);
 static void put_urb(struct urb *u);
 static struct urb *get_urb(struct conn *c, size_t len, int np);
@@ -3012,6 +3024,7 @@ struct attach_opts {
 	int persist;
 	const char *busid;
 	long busy_poll_us;		/* --busy-poll, for the --via relay */
+	struct capture *capture;	/* --pcap, for the --via relay */
 };
 
 static ONCE void open_link(const struct attach_opts *o, struct link *l)
@@ -3062,7 +3075,7 @@ static ONCE int attach_once(const struct attach_opts *o, const char *dir)
 	printf("%d\n", port);
 	fflush(stdout);
 	if (o->via) {
-		rc = relay(pair[0], &l, o->busy_poll_us);
+		rc = relay(pair[0], &l, o, rec.busnum << 16 | rec.devnum);
 		/* Closing our end is what makes vhci_hcd let the port go. */
 		close(pair[0]);
 		close_link(&l);
@@ -3254,7 +3267,8 @@ static ONCE void usage(FILE *out)
 "                                 usbmon's format, for Wireshark\n"
 "  attach [--persist] HOST[:PORT] DEVICE\n"
 "  attach [--persist] --listen [ADDR:]PORT DEVICE\n"
-"  attach [--persist] [--busy-poll USEC] --via 'COMMAND' DEVICE\n"
+"  attach [--persist] [--busy-poll USEC] [--pcap FILE] --via 'COMMAND'\n"
+"         DEVICE\n"
 "                                 import a device into vhci_hcd; prints\n"
 "                                 the vhci port (--via stays to relay)\n"
 "  port                           devices imported on this machine\n"
@@ -3363,9 +3377,11 @@ static ONCE int cmd_attach(int argc, char **argv)
 		{ "via", required_argument, NULL, 'x' },
 		{ "persist", no_argument, NULL, 'P' },
 		{ "busy-poll", required_argument, NULL, 'B' },
+		{ "pcap", required_argument, NULL, 'C' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct attach_opts o = { 0 };
+	const char *pcap = NULL;
 	char dir[PATH_MAX];
 	int ch;
 
@@ -3383,6 +3399,9 @@ static ONCE int cmd_attach(int argc, char **argv)
 			break;
 		case 'B':
 			o.busy_poll_us = parse_busy_poll(optarg);
+			break;
+		case 'C':
+			pcap = optarg;
 			break;
 		case 'v':
 			verbose++;
@@ -3407,8 +3426,13 @@ static ONCE int cmd_attach(int argc, char **argv)
 	if (strlen(o.busid) >= SYSFS_BUS_ID_SIZE)
 		errx(1, "busid %s is too long", o.busid);
 	/* Without --via the kernel reads the socket: nothing here polls. */
-	if (o.busy_poll_us && !o.via)
-		errx(1, "attach --busy-poll works with --via only");
+	if ((o.busy_poll_us || pcap) && !o.via)
+		errx(1, "attach --%s works with --via only",
+		     pcap ? "pcap" : "busy-poll");
+	if (pcap && strcmp(pcap, "-") == 0)
+		errx(1, "attach prints its port on stdout: --pcap to a file");
+	if (pcap)
+		o.capture = open_capture(pcap);
 	find_vhci(dir, sizeof(dir));
 	return o.persist ? attach_persist(&o, dir) : attach_once(&o, dir);
 }
@@ -3813,28 +3837,29 @@ static ONCE void spawn_via(const char *command, struct link *l)
 /*
  * vhci_hcd must be given a socket, so with --via it gets one end of a
  * socketpair and we copy bytes between the other end and the pipes.  The
- * copy reads the framing as it passes: that is what -vv prints, and a
- * stream that stops making sense ends the session instead of confusing
- * the kernel.
+ * copy reads the framing as it passes: that is what -vv prints and
+ * --pcap records, and a stream that stops making sense ends the session
+ * instead of confusing the kernel.
  */
-struct pending {			/* a command awaiting its reply */
-	uint32_t seqnum;
-	uint32_t command;		/* USBIP_CMD_SUBMIT or _UNLINK */
-	uint32_t value;			/* its direction, or the victim */
-};
-
 struct framer {
 	const char *who;
 	uint8_t head[USBIP_HEADER_SIZE];
 	size_t have;			/* header bytes so far */
 	uint64_t skip;			/* payload bytes still to pass */
+	struct usbip_header h;		/* the message passing */
+	struct usbip_header cmd;	/* the CMD_SUBMIT it answers */
+	struct capture *cap;		/* attach --pcap, or NULL; then: */
+	uint32_t devid;			/* the device's busnum and devnum */
+	uint8_t *payload;		/* the message's payload so far */
+	size_t got, room;
 };
 
-static struct pending *pending;
+/* The commands awaiting replies, as their headers. */
+static struct usbip_header *pending;
 
 static size_t npending, pending_cap;
 
-static void remember(uint32_t seqnum, uint32_t command, uint32_t value)
+static void remember(const struct usbip_header *h)
 {
 	if (npending == pending_cap) {
 		pending_cap = pending_cap ? pending_cap * 2 : 64;
@@ -3842,63 +3867,97 @@ static void remember(uint32_t seqnum, uint32_t command, uint32_t value)
 		if (!pending)
 			err(1, "realloc");
 	}
-	pending[npending++] = (struct pending){ seqnum, command, value };
+	pending[npending++] = *h;
 }
 
-/* Forgets the command SEQNUM; returns its value, or -1 if unknown. */
-static int64_t forget(uint32_t seqnum, uint32_t command)
+/* Forgets the COMMAND numbered SEQNUM into CMD; returns 0 if unknown. */
+static int forget(uint32_t seqnum, uint32_t command, struct usbip_header *cmd)
 {
 	size_t i;
 
 	for (i = 0; i < npending; i++) {
-		if (pending[i].seqnum == seqnum &&
-		    pending[i].command == command) {
-			int64_t value = pending[i].value;
-
+		if (pending[i].base.seqnum == seqnum &&
+		    pending[i].base.command == command) {
+			*cmd = pending[i];
 			pending[i] = pending[--npending];
-			return value;
+			return 1;
 		}
 	}
-	return -1;
+	return 0;
 }
 
-/* How many bytes follow a header; -1 if the header makes no sense. */
-static int64_t payload_after(const struct usbip_header *h)
+/* How many bytes follow F's header; -1 if the header makes no sense. */
+static int64_t payload_after(struct framer *f)
 {
-	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
+	const struct usbip_header *h = &f->h;
+	const struct usbip_header_cmd_submit *cmd = &f->cmd.u.cmd_submit;
 	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
-	int64_t iso, dir, victim;
+	struct usbip_header victim;
+	int32_t np = h->u.cmd_submit.number_of_packets;
 
 	switch (h->base.command) {
 	case USBIP_CMD_SUBMIT:
-		if (cmd->transfer_buffer_length < 0)
+		if (h->u.cmd_submit.transfer_buffer_length < 0 ||
+		    h->base.direction > USBIP_DIR_IN)
 			return -1;
-		remember(h->base.seqnum, USBIP_CMD_SUBMIT, h->base.direction);
-		iso = cmd->number_of_packets > 0 ?
-		      (int64_t)cmd->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
+		remember(h);
 		return (h->base.direction == USBIP_DIR_OUT ?
-			cmd->transfer_buffer_length : 0) + iso;
+			h->u.cmd_submit.transfer_buffer_length : 0) +
+		       (np > 0 ? (int64_t)np * USBIP_ISO_DESC_SIZE : 0);
 	case USBIP_RET_SUBMIT:
-		/* RET_SUBMIT carries no direction: its CMD_SUBMIT had it. */
-		dir = forget(h->base.seqnum, USBIP_CMD_SUBMIT);
-		if (dir < 0 || ret->actual_length < 0)
+		/* vhci_rx.c drops the device on more data or other packets
+		 * than the CMD_SUBMIT's, which alone says the direction. */
+		if (!forget(h->base.seqnum, USBIP_CMD_SUBMIT, &f->cmd) ||
+		    ret->actual_length < 0 ||
+		    ret->actual_length > cmd->transfer_buffer_length ||
+		    ((np > 0 || cmd->number_of_packets > 0) &&
+		     np != cmd->number_of_packets))
 			return -1;
-		iso = ret->number_of_packets > 0 ?
-		      (int64_t)ret->number_of_packets * USBIP_ISO_DESC_SIZE : 0;
-		return (dir == USBIP_DIR_IN ? ret->actual_length : 0) + iso;
+		return (f->cmd.base.direction == USBIP_DIR_IN ?
+			ret->actual_length : 0) +
+		       (np > 0 ? (int64_t)np * USBIP_ISO_DESC_SIZE : 0);
 	case USBIP_CMD_UNLINK:
-		remember(h->base.seqnum, USBIP_CMD_UNLINK,
-			 h->u.cmd_unlink.seqnum);
+		remember(h);
 		return 0;
 	case USBIP_RET_UNLINK:
 		/* The unlinked URB gets no RET_SUBMIT if this says so. */
-		victim = forget(h->base.seqnum, USBIP_CMD_UNLINK);
-		if (victim >= 0 && h->u.ret_unlink.status != 0)
-			forget((uint32_t)victim, USBIP_CMD_SUBMIT);
+		f->cmd.base.command = 0;
+		if (forget(h->base.seqnum, USBIP_CMD_UNLINK, &victim) &&
+		    h->u.ret_unlink.status != 0)
+			forget(victim.u.cmd_unlink.seqnum, USBIP_CMD_SUBMIT,
+			       &f->cmd);
 		return 0;
 	default:
 		return -1;
 	}
+}
+
+/* Reads a header that F has whole; returns 0 if it makes sense. */
+static int frame_header(struct framer *f)
+{
+	int64_t more;
+
+	f->have = 0;
+	unpack_header(f->head, &f->h);
+	trace_header(f->who, &f->h, -1);
+	more = payload_after(f);
+	if (more < 0) {
+		warnx("%s: broken stream at seq %u (command %u)", f->who,
+		      f->h.base.seqnum, f->h.base.command);
+		return -1;
+	}
+	f->skip = (uint64_t)more;
+	f->got = 0;
+	if (f->cap && f->skip > f->room) {
+		free(f->payload);
+		f->room = 0;
+		f->payload = malloc((size_t)f->skip);
+		if (f->payload)
+			f->room = (size_t)f->skip;
+		else
+			stop_capture(f->cap);
+	}
+	return 0;
 }
 
 /* Follows the framing of N bytes passing through; 0 while it makes sense. */
@@ -3909,29 +3968,21 @@ static int frame(struct framer *f, const uint8_t *p, size_t n)
 
 		if (f->skip > 0) {
 			step = n < f->skip ? n : (size_t)f->skip;
+			if (f->room)
+				memcpy(f->payload + f->got, p, step);
+			f->got += step;
 			f->skip -= step;
 		} else {
-			struct usbip_header h;
-			int64_t more;
-
 			step = USBIP_HEADER_SIZE - f->have;
 			step = n < step ? n : step;
 			memcpy(f->head + f->have, p, step);
 			f->have += step;
-			if (f->have == USBIP_HEADER_SIZE) {
-				f->have = 0;
-				unpack_header(f->head, &h);
-				trace_header(f->who, &h, -1);
-				more = payload_after(&h);
-				if (more < 0) {
-					warnx("%s: broken stream at seq %u "
-					      "(command %u)", f->who,
-					      h.base.seqnum, h.base.command);
-					return -1;
-				}
-				f->skip = (uint64_t)more;
-			}
+			if (f->have == USBIP_HEADER_SIZE &&
+			    frame_header(f) != 0)
+				return -1;
 		}
+		if (f->have == 0 && f->skip == 0 && f->cap)
+			capture_passing(f);	/* a message whole */
 		p += step;
 		n -= step;
 	}
@@ -3958,11 +4009,25 @@ static enum pumped pump(int from, int to, struct framer *f)
 }
 
 /* Returns 0 when vhci_hcd ended the session (detach), 1 otherwise. */
-static int relay(int vhci, const struct link *l, long busy_poll_us)
+static int relay(int vhci, const struct link *l,
+		 const struct attach_opts *o, uint32_t devid)
+{
+	struct framer f[2] = { { .who = l->peer, .cap = o->capture,
+				 .devid = devid } };
+	int rc;
+
+	f[1] = f[0];
+	rc = pass_both_ways(vhci, l, o->busy_poll_us, f);
+	free(f[0].payload);
+	free(f[1].payload);
+	return rc;
+}
+
+/* relay()'s loop: F[0] frames what goes to the server, F[1] the rest. */
+static int pass_both_ways(int vhci, const struct link *l, long busy_poll_us,
+			  struct framer *f)
 {
 	struct busy_poll busy = { .usec = busy_poll_us };
-	struct framer to_server = { .who = l->peer },
-		      to_vhci = { .who = l->peer };
 	struct pollfd pfd[2] = {
 		{ .fd = vhci, .events = POLLIN },
 		{ .fd = l->rfd, .events = POLLIN },
@@ -3980,14 +4045,14 @@ static int relay(int vhci, const struct link *l, long busy_poll_us)
 			return 1;
 		}
 		/* vhci_hcd's side: its end closes when the port detaches. */
-		r = pfd[0].revents ? pump(vhci, l->wfd, &to_server) : PUMPED;
+		r = pfd[0].revents ? pump(vhci, l->wfd, &f[0]) : PUMPED;
 		if (r == PUMP_EOF || r == PUMP_READ_ERROR)
 			return 0;
 		if (r == PUMP_WRITE_ERROR)
 			warn("%s: cannot write to it", l->peer);
 		if (r != PUMPED)
 			return 1;
-		r = pfd[1].revents ? pump(l->rfd, vhci, &to_vhci) : PUMPED;
+		r = pfd[1].revents ? pump(l->rfd, vhci, &f[1]) : PUMPED;
 		if (r == PUMP_EOF)
 			warnx("%s closed the connection", l->peer);
 		else if (r == PUMP_READ_ERROR)
@@ -4148,21 +4213,34 @@ static ONCE struct capture *open_capture(const char *path)
 	return &cap;
 }
 
+/* What a usbmon record tells of one URB, whoever saw it pass. */
+struct urb_seen {
+	const struct usbip_header *cmd;	/* its CMD_SUBMIT */
+	uint32_t devid;			/* busnum << 16 | devnum */
+	uint8_t xfer_type;		/* USBMON_* */
+	const uint8_t *data;
+	const uint8_t *iso;		/* its iso descriptors, or NULL */
+};
+
 static void capture_submit(struct urb *u)
 {
-	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
-	int out = u->cmd.base.direction == USBIP_DIR_OUT;
-
-	capture_urb(u, 'S', -EINPROGRESS, (uint32_t)cmd->transfer_buffer_length,
-		    out ? (uint32_t)cmd->transfer_buffer_length : 0);
+	capture_served(u, 'S', -EINPROGRESS,
+		       u->cmd.u.cmd_submit.transfer_buffer_length);
 }
 
 static void capture_reply(struct urb *u, int32_t status, int32_t actual)
 {
-	int in = u->cmd.base.direction == USBIP_DIR_IN;
+	capture_served(u, 'C', status, actual);
+}
 
-	capture_urb(u, 'C', status, (uint32_t)actual,
-		    in ? (uint32_t)actual : 0);
+/* The server's records: U knows its endpoint's type and its device. */
+static void capture_served(struct urb *u, char type, int32_t status,
+			   int32_t length)
+{
+	struct urb_seen s = { &u->cmd, u->conn->devid, usbmon_type(u),
+			      urb_data(u), u->iso };
+
+	capture_urb(u->conn->o->capture, &s, type, status, (uint32_t)length);
 }
 
 /* usbmon's numbers for the endpoint's transfer type. */
@@ -4181,28 +4259,65 @@ static uint8_t usbmon_type(const struct urb *u)
 	return type < 4 ? from_libusb[type] : USBMON_BULK;
 }
 
-/* One usbmon record of TYPE for U: STATUS and LENGTH as usbmon means
- * them, then LEN bytes of the URB's data. */
-static void capture_urb(struct urb *u, char type, int32_t status,
-			uint32_t length, uint32_t len)
+/*
+ * attach --via --pcap: the relay's records, for each message it has
+ * whole.  The relay sees no descriptors, so it tells the transfer type
+ * from the URB: endpoint 0 is control, packets make it isochronous, an
+ * interval interrupt, and the rest is bulk.
+ */
+static void capture_passing(struct framer *f)
 {
-	struct capture *cap = u->conn->o->capture;
-	const struct usbip_header_cmd_submit *cmd = &u->cmd.u.cmd_submit;
-	struct usbmon_iso_desc d[ISO_PACKETS_MAX];
+	const struct usbip_header *h = &f->h, *cmd = &f->cmd;
+	int32_t np, status = h->u.ret_submit.status,
+		length = h->u.ret_submit.actual_length;
+	struct urb_seen s = { cmd, f->devid, USBMON_BULK, f->payload, NULL };
+	char type = 'C';
+
+	if (h->base.command == USBIP_CMD_SUBMIT) {
+		s.cmd = cmd = h;
+		type = 'S';
+		status = -EINPROGRESS;
+		length = h->u.cmd_submit.transfer_buffer_length;
+	} else if (h->base.command == USBIP_RET_UNLINK &&
+		   cmd->base.command == USBIP_CMD_SUBMIT) {
+		status = h->u.ret_unlink.status;
+		length = 0;
+	} else if (h->base.command != USBIP_RET_SUBMIT) {
+		return;
+	}
+	np = cmd->u.cmd_submit.number_of_packets;
+	s.xfer_type = cmd->base.ep == 0 ? USBMON_CONTROL : np > 0 ?
+		USBMON_ISO : cmd->u.cmd_submit.interval ? USBMON_INTERRUPT :
+		USBMON_BULK;
+	if (np > 0 && f->got >= (size_t)np * USBIP_ISO_DESC_SIZE)
+		/* the descriptors follow the data */
+		s.iso = f->payload + f->got - (size_t)np * USBIP_ISO_DESC_SIZE;
+	capture_urb(f->cap, &s, type, status, (uint32_t)length);
+}
+
+/*
+ * One usbmon record of TYPE for the URB S: STATUS and LENGTH as usbmon
+ * means them, and the data that goes with them ('S' OUT, 'C' IN).
+ */
+static void capture_urb(struct capture *cap, const struct urb_seen *s,
+			char type, int32_t status, uint32_t length)
+{
+	const struct usbip_header_cmd_submit *cmd = &s->cmd->u.cmd_submit;
+	int in = s->cmd->base.direction == USBIP_DIR_IN, failed;
+	uint32_t len = (type == 'S') != in ? length : 0, i;
 	struct usbmon_packet m = { .type = (uint8_t)type };
 	struct pcap_record_header r;
 	struct timespec ts;
-	int in = u->cmd.base.direction == USBIP_DIR_IN, i;
 
 	if (!cap || !cap->f)
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	m.id = u->cmd.base.seqnum;
-	m.xfer_type = usbmon_type(u);
-	m.epnum = (uint8_t)(u->cmd.base.ep | (in ? LIBUSB_ENDPOINT_IN : 0));
-	m.devnum = (uint8_t)u->conn->devid;
-	m.busnum = (uint16_t)(u->conn->devid >> 16);
-	m.flag_setup = type == 'S' && u->cmd.base.ep == 0 ? 0 : '-';
+	m.id = s->cmd->base.seqnum;
+	m.xfer_type = s->xfer_type;
+	m.epnum = (uint8_t)(s->cmd->base.ep | (in ? LIBUSB_ENDPOINT_IN : 0));
+	m.devnum = (uint8_t)s->devid;
+	m.busnum = (uint16_t)(s->devid >> 16);
+	m.flag_setup = type == 'S' && s->cmd->base.ep == 0 ? 0 : '-';
 	if (m.flag_setup == 0)
 		memcpy(m.s.setup, cmd->setup, sizeof(m.s.setup));
 	/* No data: '<' for an IN submission, '>' for an OUT completion. */
@@ -4216,30 +4331,45 @@ static void capture_urb(struct urb *u, char type, int32_t status,
 	m.interval = cmd->interval;
 	m.start_frame = cmd->start_frame;
 	m.xfer_flags = cmd->transfer_flags;
-	m.ndesc = (uint32_t)urb_packets(u);
+	m.ndesc = s->iso && cmd->number_of_packets > 0 ?
+		  (uint32_t)cmd->number_of_packets : 0;
 	if (m.ndesc > 0)	/* the union's other half: no setup then */
-		m.s.iso.numdesc = urb_packets(u);
-	for (i = 0; i < urb_packets(u); i++) {
-		struct usbip_iso_packet_descriptor w;
-
-		unpack_iso_desc(u->iso + (size_t)i * USBIP_ISO_DESC_SIZE, &w);
-		d[i] = (struct usbmon_iso_desc){
-			type == 'C' ? (int32_t)w.status : 0, w.offset,
-			type == 'C' ? w.actual_length : w.length, 0 };
-		m.s.iso.error_count += type == 'C' && w.status != 0;
-	}
+		m.s.iso.numdesc = (int32_t)m.ndesc;
+	for (i = 0; i < m.ndesc; i++)
+		m.s.iso.error_count += usbmon_desc(s, i, type).status != 0;
 	r = (struct pcap_record_header){ (uint32_t)ts.tv_sec,
 		(uint32_t)m.ts_usec, 0, 0 };
-	r.incl_len = r.orig_len = (uint32_t)(sizeof(m) + m.ndesc * sizeof(*d) +
-					     len);
-	if (fwrite(&r, sizeof(r), 1, cap->f) != 1 ||
-	    fwrite(&m, sizeof(m), 1, cap->f) != 1 ||
-	    fwrite(d, sizeof(*d), m.ndesc, cap->f) != m.ndesc ||
-	    !capture_data(cap->f, urb_data(u), len) || fflush(cap->f)) {
-		warn("--pcap %s: capture stopped", cap->path);
-		fclose(cap->f);
-		cap->f = NULL;
+	r.incl_len = r.orig_len = (uint32_t)(sizeof(m) + len +
+		m.ndesc * sizeof(struct usbmon_iso_desc));
+	failed = fwrite(&r, sizeof(r), 1, cap->f) != 1 ||
+		 fwrite(&m, sizeof(m), 1, cap->f) != 1;
+	for (i = 0; i < m.ndesc && !failed; i++) {
+		struct usbmon_iso_desc d = usbmon_desc(s, i, type);
+
+		failed = fwrite(&d, sizeof(d), 1, cap->f) != 1;
 	}
+	if (failed || !capture_data(cap->f, s->data, len) || fflush(cap->f))
+		stop_capture(cap);
+}
+
+static void stop_capture(struct capture *cap)
+{
+	if (!cap->f)
+		return;
+	warn("--pcap %s: capture stopped", cap->path);
+	fclose(cap->f);
+	cap->f = NULL;
+}
+
+/* The Ith iso descriptor of S as usbmon has it in a record of TYPE. */
+static struct usbmon_iso_desc usbmon_desc(const struct urb_seen *s,
+					  uint32_t i, char type)
+{
+	struct usbip_iso_packet_descriptor w;
+
+	unpack_iso_desc(s->iso + (size_t)i * USBIP_ISO_DESC_SIZE, &w);
+	return (struct usbmon_iso_desc){ type == 'C' ? (int32_t)w.status : 0,
+		w.offset, type == 'C' ? w.actual_length : w.length, 0 };
 }
 
 /*

@@ -481,17 +481,23 @@ rtt_bench_builds() {
 # own dissectors (tshark): USB descriptors and usb-storage's SCSI commands
 # are there, and not one record is malformed.
 pcap_scenario() {
-	local out=$WORK/vm-pcap f n
+	local out=$WORK/vm-pcap f
 	mkdir -p "$out"
 	tests/vm.sh -t 300 -o "$out" tests/scenarios.sh pcap_capture ||
 		return 1
-	f=$out/capture.pcap
+	for f in "$out/capture.pcap" "$out/relay.pcap"; do
+		pcap_decodes "$f" || { echo "in $f"; return 1; }
+	done
+}
+
+pcap_decodes() {
+	local f=$1 n
 	# The gadget's MODE SENSE(6) answer has SCSI-2's 12-byte caching page,
 	# which Wireshark's SBC dissector reads past (as it would in the
 	# kernel's own usbmon capture): not the capture's fault.
 	n=$(tshark -r "$f" -Y '_ws.malformed && !(scsi_sbc.opcode == 0x1a)' \
 		2>/dev/null | wc -l)
-	echo "measured: --pcap wrote $(tshark -r "$f" 2>/dev/null | wc -l)" \
+	echo "measured: ${f##*/} holds $(tshark -r "$f" 2>/dev/null | wc -l)" \
 		"usbmon records, $n malformed (MODE SENSE(6) aside)"
 	[ "$n" -eq 0 ] ||
 		{ tshark -r "$f" -Y _ws.malformed 2>/dev/null | head; return 1; }
@@ -685,7 +691,7 @@ check "vm 14: systemd socket activation: serve --stdio per connection, usbip att
 check "vm 15: serve --busy-poll 200 <-> kernel usbip attach (usb-storage)" vm_scenario kernel_client_busy_poll
 check "vm 16: attach --busy-poll --via serve --busy-poll --stdio (usb-storage)" vm_scenario via_pipe_busy_poll
 check "vm 17: devices by VID:PID: two at once, ambiguity, --persist across a re-plug" vm_scenario by_vid_pid
-check "vm 18: serve --pcap: tshark decodes USB and SCSI, nothing malformed" pcap_scenario
+check "vm 18: serve --pcap, attach --via --pcap: tshark decodes USB and SCSI" pcap_scenario
 check "vm 19: VID:PID over attach --listen (serve --connect redials) and --via (two serve --stdio)" vm_scenario vid_pid_dialing
 check "build tests/rtt-bench (make bench's load), its wake probe runs" rtt_bench_builds
 check "build tests/usbfs-poke (usbfs helper of the fault scenarios)" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o tests/usbfs-poke tests/usbfs-poke.c

@@ -2845,14 +2845,18 @@ static void client_relay(int mode, const uint8_t *ctl, size_t nctl,
 			 const uint8_t *d, size_t n)
 {
 	static uint8_t later[2][CL_MAX_INPUT];	/* [CL_TO_VHCI?] */
-	struct framer to_server = { .who = CL_PEER },
-		      to_vhci = { .who = CL_PEER };
+	static struct attach_opts o;	/* --pcap, to see it take it all */
+	struct framer to_server = { .who = CL_PEER }, to_vhci;
 	size_t nlater[2] = { 0, 0 }, pos = 0, i;
-	int vh[2], up[2], down[2], r;
+	int vh[2], up[2], down[2], r = 0;
 	struct link l;
 
+	if (!o.capture)
+		o.capture = open_capture("/dev/null");
+	to_server.cap = o.capture;
+	to_vhci = to_server;
 	/* The steps: framed as they would pass, in the order given. */
-	for (i = 0; i < nctl; i++) {
+	for (i = 0; i < nctl && r == 0; i++) {
 		int server = ctl[i] & CL_TO_VHCI ? 1 : 0;
 		size_t step = chunk_sizes[ctl[i] & 15];
 
@@ -2861,12 +2865,16 @@ static void client_relay(int mode, const uint8_t *ctl, size_t nctl,
 		if (ctl[i] & CL_LATER) {
 			memcpy(later[server] + nlater[server], d + pos, step);
 			nlater[server] += step;
-		} else if (frame(server ? &to_vhci : &to_server, d + pos,
-				 step) != 0) {
-			return;		/* the relay ends there */
+		} else {
+			r = frame(server ? &to_vhci : &to_server, d + pos,
+				  step);
 		}
 		pos += step;
 	}
+	free(to_server.payload);
+	free(to_vhci.payload);
+	if (r != 0)
+		return;		/* the relay ends there */
 	memcpy(later[1] + nlater[1], d + pos, n - pos);
 	nlater[1] += n - pos;
 
@@ -2889,7 +2897,7 @@ static void client_relay(int mode, const uint8_t *ctl, size_t nctl,
 	l.rfd = down[0];
 	l.wfd = up[0];
 	snprintf(l.peer, sizeof(l.peer), "%s", CL_PEER);
-	r = relay(vh[0], &l, 0);
+	r = relay(vh[0], &l, &o, 0);
 	if (r == 0 && vh[1] >= 0)
 		fz_fail("relay", "relay() says vhci_hcd ended the session, "
 			"but its end is open");
@@ -3554,6 +3562,13 @@ static int make_client_corpus(const char *dir)
 		c_msg(&s, S2V, RSUBMIT, 1, 0, 0, 64, 0, 64)));
 	SEED("relay-unknown-seqnum", (s.mode = CL_RELAY,
 		c_msg(&s, REST, RSUBMIT, 7, 0, 0, 64, 0, 64)));
+	/* More data than asked for, or a direction that is neither. */
+	SEED("relay-actual-beyond-length", (s.mode = CL_RELAY,
+		c_msg(&s, V2S, SUBMIT, 1, USBIP_DIR_IN, 0, 64, 0, 0),
+		c_msg(&s, REST, RSUBMIT, 1, 0, 0, 65, 0, 65)));
+	SEED("relay-bad-direction", (s.mode = CL_RELAY,
+		c_msg(&s, V2S, SUBMIT, 1, 0xffffffff, 0, 64, 0, 0),
+		c_msg(&s, REST, RSUBMIT, 1, 0, 0, 64, 0, 64)));
 	SEED("relay-negative-length", (s.mode = CL_RELAY,
 		c_msg(&s, V2S | CL_LATER, SUBMIT, 1, USBIP_DIR_IN, 0, 64, 0, 0),
 		c_msg(&s, REST, RSUBMIT, 1, 0, 0, (uint32_t)-5, 0, 0)));

@@ -1318,12 +1318,15 @@ vid_pid_dialing() {
 		die "device not given back after the --via session"
 }
 
-# 18. serve --pcap: a mass-storage session captured as usbmon records
-# (test.sh decodes $LOG/capture.pcap with tshark on the host).
+# 18. serve --pcap, and the --via relay's: a mass-storage session captured
+# as usbmon records (test.sh decodes $LOG/*.pcap with tshark on the host).
 pcap_capture() {
-	SERVE_OPTS="--pcap $LOG/capture.pcap"
-	kernel_client
+	SERVE_OPTS="--pcap $LOG/capture.pcap" kernel_client
+	stop_server || die "serve --pcap did not exit cleanly"
 	[ -s "$LOG/capture.pcap" ] || die "no capture written"
+	gadget_remove g1
+	VIA_OPTS="--pcap $LOG/relay.pcap" SERVE_OPTS="" via_pipe
+	[ -s "$LOG/relay.pcap" ] || die "the relay wrote no capture"
 }
 
 scenario=${1:?usage: scenarios.sh NAME [P2PUSB-BINARY]}

@@ -834,6 +834,63 @@ static void test_pcap_records(void)
 	drop_conn(&c);
 }
 
+/*
+ * attach --via --pcap: the relay records what passes through it.  The
+ * same GET_DESCRIPTOR, cut in two pieces, must give the server's 'S'
+ * record byte for byte; its RET_SUBMIT (18 bytes, in 3 pieces) a 'C'
+ * record with status 0, length 18 and the data after the 64 bytes.
+ */
+static void test_pcap_relay(void)
+{
+	static const char usbmon_hex[] =
+	    "05 00 00 00 00 00 00 00  53 02 80 02  01 00  00 3c"
+	    "00 00 00 00 00 00 00 00  00 00 00 00  8d ff ff ff"
+	    "12 00 00 00  00 00 00 00  80 06 00 01 00 00 12 00"
+	    "00 00 00 00  00 00 00 00  00 02 00 00  00 00 00 00";
+	uint8_t cmd[USBIP_HEADER_SIZE], ret[USBIP_HEADER_SIZE + 18],
+		want[64], got[24 + 2 * (16 + 64) + 18 + 1];
+	char path[] = "/tmp/p2pusb-wire-test.XXXXXX";
+	int fd = mkstemp(path);
+	struct framer to_server = { .who = "relay", .devid = 0x00010002 },
+		      to_vhci;
+	size_t n, c = 24 + 16 + 64;	/* where the 'C' record starts */
+	FILE *f;
+
+	if (fd < 0)
+		err(2, "mkstemp");
+	close(fd);
+	from_hex(usbmon_hex, want, sizeof(want));
+	from_hex(dec_cases[DEC_GET_DESCRIPTOR].hex, cmd, sizeof(cmd));
+	pack_ret_submit(ret, 5, &(struct usbip_header_ret_submit){
+		.actual_length = 18 });
+	memset(ret + USBIP_HEADER_SIZE, 0x12, 18);
+	to_server.cap = open_capture(path);
+	to_vhci = to_server;
+	if (frame(&to_server, cmd, 20) || frame(&to_server, cmd + 20, 28) ||
+	    frame(&to_vhci, ret, 30) || frame(&to_vhci, ret + 30, 30) ||
+	    frame(&to_vhci, ret + 60, sizeof(ret) - 60))
+		fail("pcap.relay", "frame() refused the stream");
+	fclose(to_server.cap->f);
+	free(to_server.payload);
+	free(to_vhci.payload);
+	f = fopen(path, "r");
+	n = f ? fread(got, 1, sizeof(got), f) : 0;
+	if (f)
+		fclose(f);
+	unlink(path);
+	check_num("pcap.relay", "bytes", (long long)n,
+		  (long long)c + 16 + 64 + 18);
+	memset(got + 40 + 16, 0, 12);	/* ts_sec, ts_usec */
+	check_bytes("pcap.relay-S-GET_DESCRIPTOR", got + 40, want, 64, 0);
+	check_num("pcap.relay", "C-record-length", get32le(got + c + 8),
+		  64 + 18);
+	check_num("pcap.relay", "C-type", got[c + 16 + 8], 'C');
+	check_num("pcap.relay", "C-status",
+		  (int32_t)get32le(got + c + 16 + 28), 0);
+	check_num("pcap.relay", "C-length", get32le(got + c + 16 + 32), 18);
+	check_num("pcap.relay", "C-data", got[c + 16 + 64 + 17], 0x12);
+}
+
 /* A status is whatever 32 bits a peer sends: INT32_MIN too (UBSan). */
 static void test_status_names(void)
 {
@@ -926,6 +983,7 @@ int main(void)
 	test_server_reactions();
 	test_status_names();
 	test_pcap_records();
+	test_pcap_relay();
 	test_split_host_port();
 	test_speed_from_sysfs();
 	test_busid_names();
