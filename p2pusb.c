@@ -85,6 +85,18 @@ static int verbose;
 #define debug(level, ...) \
 	do { if (verbose >= (level)) warnx(__VA_ARGS__); } while (0)
 
+/* ARG as a decimal number in MIN..MAX, or exit with FMT (naming ARG). */
+static ONCE long parse_number(const char *arg, long min, long max,
+			      const char *fmt)
+{
+	char *end;
+	long n = strtol(arg, &end, 10);
+
+	if (*arg == '\0' || *end != '\0' || n < min || n > max)
+		errx(1, fmt, arg);
+	return n;
+}
+
 /* ==== the wire format: explicit big-endian, field by field =============== */
 
 static void put16(uint8_t *p, uint16_t v)
@@ -114,6 +126,9 @@ static uint32_t get32(const uint8_t *p)
 
 /* Where a field sits on the wire: its offset in the checked struct. */
 #define AT(p, type, field) ((p) + offsetof(struct type, field))
+/* ... and in the part of a URB header that is CMD_SUBMIT's or RET_SUBMIT's. */
+#define CMD_AT(p, field) AT(p, usbip_header, u.cmd_submit.field)
+#define RET_AT(p, field) AT(p, usbip_header, u.ret_submit.field)
 
 static void pack_op_common(uint8_t *p, uint16_t code, uint32_t status)
 {
@@ -206,15 +221,11 @@ static void pack_ret_submit(uint8_t *p, uint32_t seqnum,
 			    const struct usbip_header_ret_submit *r)
 {
 	pack_basic(p, USBIP_RET_SUBMIT, seqnum);
-	put32(AT(p, usbip_header, u.ret_submit.status), (uint32_t)r->status);
-	put32(AT(p, usbip_header, u.ret_submit.actual_length),
-	      (uint32_t)r->actual_length);
-	put32(AT(p, usbip_header, u.ret_submit.start_frame),
-	      (uint32_t)r->start_frame);
-	put32(AT(p, usbip_header, u.ret_submit.number_of_packets),
-	      (uint32_t)r->number_of_packets);
-	put32(AT(p, usbip_header, u.ret_submit.error_count),
-	      (uint32_t)r->error_count);
+	put32(RET_AT(p, status), (uint32_t)r->status);
+	put32(RET_AT(p, actual_length), (uint32_t)r->actual_length);
+	put32(RET_AT(p, start_frame), (uint32_t)r->start_frame);
+	put32(RET_AT(p, number_of_packets), (uint32_t)r->number_of_packets);
+	put32(RET_AT(p, error_count), (uint32_t)r->error_count);
 }
 
 static void pack_ret_unlink(uint8_t *p, uint32_t seqnum, int32_t status)
@@ -238,29 +249,22 @@ static void unpack_header(const uint8_t *p, struct usbip_header *h)
 
 	switch (h->base.command) {
 	case USBIP_CMD_SUBMIT:
-		cmd->transfer_flags =
-		    get32(AT(p, usbip_header, u.cmd_submit.transfer_flags));
-		cmd->transfer_buffer_length = (int32_t)get32(
-		    AT(p, usbip_header, u.cmd_submit.transfer_buffer_length));
-		cmd->start_frame = (int32_t)get32(
-		    AT(p, usbip_header, u.cmd_submit.start_frame));
-		cmd->number_of_packets = (int32_t)get32(
-		    AT(p, usbip_header, u.cmd_submit.number_of_packets));
-		cmd->interval =
-		    (int32_t)get32(AT(p, usbip_header, u.cmd_submit.interval));
-		memcpy(cmd->setup, AT(p, usbip_header, u.cmd_submit.setup), 8);
+		cmd->transfer_flags = get32(CMD_AT(p, transfer_flags));
+		cmd->transfer_buffer_length =
+		    (int32_t)get32(CMD_AT(p, transfer_buffer_length));
+		cmd->start_frame = (int32_t)get32(CMD_AT(p, start_frame));
+		cmd->number_of_packets =
+		    (int32_t)get32(CMD_AT(p, number_of_packets));
+		cmd->interval = (int32_t)get32(CMD_AT(p, interval));
+		memcpy(cmd->setup, CMD_AT(p, setup), 8);
 		break;
 	case USBIP_RET_SUBMIT:
-		ret->status =
-		    (int32_t)get32(AT(p, usbip_header, u.ret_submit.status));
-		ret->actual_length = (int32_t)get32(
-		    AT(p, usbip_header, u.ret_submit.actual_length));
-		ret->start_frame = (int32_t)get32(
-		    AT(p, usbip_header, u.ret_submit.start_frame));
-		ret->number_of_packets = (int32_t)get32(
-		    AT(p, usbip_header, u.ret_submit.number_of_packets));
-		ret->error_count = (int32_t)get32(
-		    AT(p, usbip_header, u.ret_submit.error_count));
+		ret->status = (int32_t)get32(RET_AT(p, status));
+		ret->actual_length = (int32_t)get32(RET_AT(p, actual_length));
+		ret->start_frame = (int32_t)get32(RET_AT(p, start_frame));
+		ret->number_of_packets =
+		    (int32_t)get32(RET_AT(p, number_of_packets));
+		ret->error_count = (int32_t)get32(RET_AT(p, error_count));
 		break;
 	case USBIP_CMD_UNLINK:
 		h->u.cmd_unlink.seqnum =
@@ -297,7 +301,6 @@ static void unpack_iso_desc(const uint8_t *p,
 
 #define IO_TIMEOUT_MS	10000	/* handshake replies; never on vhci's socket */
 #define VIA_TIMEOUT_MS	120000	/* --via: ssh may ask for a password first */
-
 
 /*
  * A string a peer sent, fit for a terminal: a busid may hold escape
@@ -579,9 +582,7 @@ static void write_all(int fd, const void *buf, size_t len, const char *peer)
 #define MAX_INTERFACES	32
 
 static const char *sysfs_usb = "/sys/bus/usb/devices";
-
 static const char *usbfs_dir = "/dev/bus/usb";
-
 static libusb_context *usb;	/* NULL where libusb could not start */
 
 static const char *speed_name(uint32_t speed)
@@ -880,9 +881,7 @@ struct serve_opts {
 };
 
 static struct conn *conns;
-
 static volatile sig_atomic_t stop_requested;
-
 
 static long long now_ms(void)
 {
@@ -960,9 +959,6 @@ static ONCE void begin_stop(struct server *sv);
 static void pause_accepting(struct server *sv);
 static void resume_accepting(struct server *sv, int freed);
 static const char *op_status_name(uint32_t status);
-static ONCE void print_device_line(const struct usbip_usb_device *d,
-				   const struct usbip_usb_interface *ifs,
-				   int nifs, const char *product);
 static ONCE void find_busid(const struct attach_opts *o,
 			    char busid[SYSFS_BUS_ID_SIZE]);
 static void close_link(struct link *l);
@@ -1390,15 +1386,10 @@ static void close_device(struct conn *c)
 /* -- reading: the input state machine -- */
 
 /*
- * A connection expects one piece at a time (expect()): an 8-byte
- * op_common, a 32-byte busid, a 48-byte header, an OUT payload, iso
- * descriptors.  read_input() gathers it and on_input() acts on it.
- */
-
-/*
- * Reads what C expects and acts on each complete piece while C may read
- * (may_read()): from what was read ahead and, with FROM_SOCKET (poll()
- * said so), from the socket until it is empty.
+ * A connection expects one piece at a time (expect(), enum rx_state).
+ * This reads what C expects and acts on each complete piece
+ * (on_input()) while C may read (may_read()): from what was read ahead
+ * and, with FROM_SOCKET (poll() said so), from the socket until empty.
  */
 static void read_input(struct conn *c, int from_socket)
 {
@@ -1595,13 +1586,12 @@ static void start_urb(struct urb *u)
 	struct conn *c = u->conn;
 
 	capture_submit(u);
-	if (u->unlinked) {
+	if (u->unlinked)
 		answer_unlinked(u);
-	} else if (u->cmd.base.ep == 0 && (c->ep0_busy > 0 || c->ep0_held)) {
+	else if (u->cmd.base.ep == 0 && (c->ep0_busy > 0 || c->ep0_held))
 		hold_control(c, u);
-	} else {
+	else
 		submit_urb(u);
-	}
 }
 
 /*
@@ -1636,13 +1626,6 @@ static struct urb *unhold_control(struct conn *c, uint32_t seqnum)
 		}
 	}
 	return NULL;
-}
-
-/* Endpoint 0 is free: run held requests until one is with the device. */
-static void release_held(struct conn *c)
-{
-	while (c->ep0_held && c->ep0_busy == 0)
-		submit_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
 }
 
 /* The URB goes to libusb, or is answered here and now. */
@@ -1830,11 +1813,10 @@ static int set_interface(struct conn *c, int intf, int alt)
 /* -- CMD_UNLINK: the driver gives up on an URB -- */
 
 /*
- * CMD_UNLINK: the client's driver gave up on an URB.  Every unlink gets a
- * RET_UNLINK that echoes the unlink's own seqnum, and never before the
- * RET_SUBMIT of an URB already answered: -ECONNRESET when the URB was
- * stopped before it completed (and then it gets no RET_SUBMIT), 0 when
- * it was too late (see answer_transfer()).
+ * Every unlink gets a RET_UNLINK that echoes the unlink's own seqnum, and
+ * never before the RET_SUBMIT of an URB already answered: -ECONNRESET
+ * when the URB was stopped before it completed (and then it gets no
+ * RET_SUBMIT), 0 when it was too late (see answer_transfer()).
  */
 static void on_cmd_unlink(struct conn *c, const struct usbip_header *h)
 {
@@ -1931,8 +1913,9 @@ static void LIBUSB_CALL on_transfer_done(struct libusb_transfer *x)
 		return;
 	}
 	answer_transfer(u);
-	if (control)
-		release_held(c);	/* the next request on endpoint 0 */
+	/* Endpoint 0 is free: run held requests until one is with it. */
+	while (control && c->ep0_held && c->ep0_busy == 0)
+		submit_urb(unhold_control(c, c->ep0_held->cmd.base.seqnum));
 }
 
 /*
@@ -2025,42 +2008,33 @@ static int32_t finish_iso(struct urb *u, int32_t *error_count)
 /* libusb's outcome as the negative errno a Linux URB would carry. */
 static int32_t urb_status(enum libusb_transfer_status s)
 {
-	switch (s) {
-	case LIBUSB_TRANSFER_COMPLETED:
-		return 0;
-	case LIBUSB_TRANSFER_STALL:
-		return -EPIPE;
-	case LIBUSB_TRANSFER_CANCELLED:
-		return -ECONNRESET;
-	case LIBUSB_TRANSFER_NO_DEVICE:
-		return -ESHUTDOWN;
-	case LIBUSB_TRANSFER_TIMED_OUT:
-		return -ETIMEDOUT;
-	case LIBUSB_TRANSFER_OVERFLOW:
-		return -EOVERFLOW;
-	default:
-		return -EPROTO;
-	}
+	static const int32_t errnos[] = {
+		[LIBUSB_TRANSFER_COMPLETED] = 0,
+		[LIBUSB_TRANSFER_ERROR] = -EPROTO,
+		[LIBUSB_TRANSFER_TIMED_OUT] = -ETIMEDOUT,
+		[LIBUSB_TRANSFER_CANCELLED] = -ECONNRESET,
+		[LIBUSB_TRANSFER_STALL] = -EPIPE,
+		[LIBUSB_TRANSFER_NO_DEVICE] = -ESHUTDOWN,
+		[LIBUSB_TRANSFER_OVERFLOW] = -EOVERFLOW,
+	};
+
+	return (unsigned)s < sizeof(errnos) / sizeof(errnos[0]) ? errnos[s]
+							       : -EPROTO;
 }
 
 static int32_t submit_errno(int rc)
 {
-	switch (rc) {
-	case LIBUSB_ERROR_NO_DEVICE:
-		return -ESHUTDOWN;
-	case LIBUSB_ERROR_PIPE:
-		return -EPIPE;
-	case LIBUSB_ERROR_INVALID_PARAM:
-		return -EINVAL;
-	case LIBUSB_ERROR_NO_MEM:
-		return -ENOMEM;
-	case LIBUSB_ERROR_BUSY:
-		return -EBUSY;
-	case LIBUSB_ERROR_NOT_FOUND:
-		return -ENOENT;
-	default:
-		return -EIO;
-	}
+	static const int32_t errnos[] = {
+		[-LIBUSB_ERROR_NO_DEVICE] = -ESHUTDOWN,
+		[-LIBUSB_ERROR_PIPE] = -EPIPE,
+		[-LIBUSB_ERROR_INVALID_PARAM] = -EINVAL,
+		[-LIBUSB_ERROR_NO_MEM] = -ENOMEM,
+		[-LIBUSB_ERROR_BUSY] = -EBUSY,
+		[-LIBUSB_ERROR_NOT_FOUND] = -ENOENT,
+	};
+
+	return rc < 0 && (size_t)-rc < sizeof(errnos) / sizeof(errnos[0]) &&
+	       errnos[-rc] ? errnos[-rc] : -EIO;
 }
 
 static uint8_t *urb_data(struct urb *u)
@@ -2136,8 +2110,7 @@ static void queue_bytes(struct conn *c, const void *data, size_t len)
 	}
 	memcpy(m + 1, data, len);
 	m->urb = NULL;
-	m->iov[0].iov_base = m + 1;
-	m->iov[0].iov_len = len;
+	m->iov[0] = (struct iovec){ m + 1, len };
 	m->iovcnt = 1;
 	queue_msg(c, m);
 }
@@ -2374,7 +2347,6 @@ static void end_unplugged_sessions(void)
 #define SHUTDOWN_MS	5000
 #define REDIAL_MAX_MS	30000
 
-
 /* --busy-poll's window (see "making it fast"). */
 struct busy_poll {
 	long usec;			/* the window; 0: off */
@@ -2417,7 +2389,6 @@ static void catch_stop_signals(sigset_t *unblocked)
 
 /* libusb's descriptors change only as devices open and close. */
 static const struct libusb_pollfd **usb_fds;
-
 static int usb_fds_stale = 1;
 
 static void LIBUSB_CALL usb_fd_added(int fd, short events, void *arg)
@@ -2450,10 +2421,9 @@ static ONCE void open_usb(void)
 		return;
 	}
 	libusb_set_pollfd_notifiers(usb, usb_fd_added, usb_fd_removed, NULL);
-	if (access(sysfs_usb, F_OK) != 0) {
+	if (access(sysfs_usb, F_OK) != 0)
 		warnx("no USB support in this kernel (no %s): offering no "
 		      "devices", sysfs_usb);
-	}
 }
 
 static int serve(const struct serve_opts *o)
@@ -2604,7 +2574,6 @@ static void pollset_add(struct server *sv, int fd, short events,
 /* Listeners first, then every client, then libusb's descriptors. */
 static void build_pollset(struct server *sv)
 {
-	const struct libusb_pollfd **ufds;
 	struct conn *c;
 	int i;
 
@@ -2613,8 +2582,6 @@ static void build_pollset(struct server *sv)
 		usb_fds = libusb_get_pollfds(usb);
 		usb_fds_stale = 0;
 	}
-	ufds = usb_fds;
-
 	sv->n = 0;
 	for (i = 0; i < sv->nlfd && !sv->accept_again_ms; i++)
 		pollset_add(sv, sv->lfd[i], POLLIN, NULL);
@@ -2631,8 +2598,8 @@ static void build_pollset(struct server *sv)
 			pollset_add(sv, c->wfd, POLLOUT, c);
 	}
 	sv->nusb = 0;
-	for (i = 0; ufds && ufds[i]; i++, sv->nusb++)
-		pollset_add(sv, ufds[i]->fd, ufds[i]->events, NULL);
+	for (i = 0; usb_fds && usb_fds[i]; i++, sv->nusb++)
+		pollset_add(sv, usb_fds[i]->fd, usb_fds[i]->events, NULL);
 }
 
 static ONCE void begin_stop(struct server *sv)
@@ -2672,10 +2639,7 @@ static void resume_accepting(struct server *sv, int freed)
 
 /* ==== the client: import a device into vhci_hcd ========================== */
 
-/* -- the client's half of the handshake -- */
-
-/* The server's half is answer_devlist() and answer_import(); the
- * client's is blocking and one-shot. */
+/* -- the handshake, client side: blocking, one-shot (see answer_import()) -- */
 
 /*
  * An error that trying again cannot mend exits with this status: 1, like
@@ -2754,17 +2718,16 @@ static ONCE uint32_t request_devlist(int rfd, int wfd, const char *peer,
 	uint8_t buf[USBIP_DEVICE_SIZE];
 	struct op_common op;
 	uint32_t ndev, i;
-	int fd = rfd;
 
 	pack_op_common(buf, OP_REQ_DEVLIST, ST_OK);
 	write_all(wfd, buf, OP_COMMON_SIZE, peer);
 	/* A refusal is op_common alone: the count follows only an OK. */
-	read_exact(fd, buf, OP_COMMON_SIZE, peer, timeout_ms);
+	read_exact(rfd, buf, OP_COMMON_SIZE, peer, timeout_ms);
 	check_op_reply(buf, OP_REP_DEVLIST, peer, &op);
 	if (op.status != ST_OK)
 		errx(1, "%s refused the device list: %s", peer,
 		     op_status_name(op.status));
-	read_exact(fd, buf, 4, peer, timeout_ms);
+	read_exact(rfd, buf, 4, peer, timeout_ms);
 	ndev = get32(buf);
 	for (i = 0; i < ndev; i++) {
 		struct usbip_usb_device d;
@@ -2772,10 +2735,10 @@ static ONCE uint32_t request_devlist(int rfd, int wfd, const char *peer,
 		uint8_t raw[USBIP_INTERFACE_SIZE];
 		int j;
 
-		read_exact(fd, buf, USBIP_DEVICE_SIZE, peer, timeout_ms);
+		read_exact(rfd, buf, USBIP_DEVICE_SIZE, peer, timeout_ms);
 		unpack_device(buf, &d);
 		for (j = 0; j < d.bNumInterfaces; j++) {
-			read_exact(fd, raw, sizeof(raw), peer, timeout_ms);
+			read_exact(rfd, raw, sizeof(raw), peer, timeout_ms);
 			unpack_interface(raw, &ifs[j]);
 		}
 		fn(&d, ifs, d.bNumInterfaces, arg);
@@ -2783,18 +2746,10 @@ static ONCE uint32_t request_devlist(int rfd, int wfd, const char *peer,
 	return ndev;
 }
 
-static int print_remote_device(const struct usbip_usb_device *rec,
-			       const struct usbip_usb_interface *ifs, int nifs,
-			       void *arg)
-{
-	(void)arg;
-	print_device_line(rec, ifs, nifs, "");
-	return 0;
-}
-
-static ONCE void print_device_line(const struct usbip_usb_device *d,
-				   const struct usbip_usb_interface *ifs,
-				   int nifs, const char *product)
+/* A device_fn: PRODUCT is the device's name, "" where unknown. */
+static ONCE int print_device_line(const struct usbip_usb_device *d,
+				  const struct usbip_usb_interface *ifs,
+				  int nifs, void *product)
 {
 	uint8_t cls = d->bDeviceClass, sub = d->bDeviceSubClass,
 		proto = d->bDeviceProtocol;
@@ -2810,6 +2765,7 @@ static ONCE void print_device_line(const struct usbip_usb_device *d,
 	       printable(d->busid, sizeof(d->busid), busid), d->idVendor,
 	       d->idProduct, speed_name(d->speed), cls, sub, proto,
 	       printable(product, 128, name));
+	return 0;
 }
 
 /* -- vhci_hcd: the kernel takes the socket -- */
@@ -2822,7 +2778,6 @@ struct vhci_port {
 	int port;
 	char hub[3];			/* "hs" or "ss" */
 	int status, speed;
-	unsigned devid;
 	char local_busid[SYSFS_BUS_ID_SIZE];
 };
 
@@ -2887,9 +2842,8 @@ static ONCE int read_vhci_ports(const char *dir, struct vhci_port *ports,
 			} else {
 				continue;	/* the header */
 			}
-			if (sscanf(rest, "%d %d %d %x %*s %31s", &p->port,
-				   &p->status, &p->speed, &p->devid,
-				   p->local_busid) == 5)
+			if (sscanf(rest, "%d %d %d %*x %*s %31s", &p->port,
+				   &p->status, &p->speed, p->local_busid) == 4)
 				n++;
 		}
 		fclose(fp);
@@ -3190,12 +3144,10 @@ static ONCE int cmd_port(void)
 static ONCE int cmd_detach(const char *arg)
 {
 	struct vhci_port p;
-	char dir[PATH_MAX], *end;
-	long port = strtol(arg, &end, 10);
+	char dir[PATH_MAX];
+	long port = parse_number(arg, 0, 65535, "%s: not a port number");
 	int rc;
 
-	if (*arg == '\0' || *end != '\0' || port < 0 || port > 65535)
-		errx(1, "%s: not a port number", arg);
 	find_vhci(dir, sizeof(dir));
 	if (!find_vhci_port(dir, (int)port, &p))
 		errx(1, "no vhci port %ld", port);
@@ -3229,8 +3181,9 @@ static ONCE int print_local_device(const struct usbip_usb_device *rec,
 
 static ONCE int cmd_list(const char *target)
 {
-	char host[256], service[32], peer[300];
-	int fd, n = 0;
+	struct attach_opts o = { .target = target };
+	struct link l;
+	int n = 0;
 
 	if (!target) {
 		for_each_device(print_local_device, &n);
@@ -3238,13 +3191,11 @@ static ONCE int cmd_list(const char *target)
 			printf("no shareable USB devices on this machine\n");
 		return 0;
 	}
-	split_host_port(target, host, sizeof(host), service, sizeof(service));
-	name_peer(host, service, peer, sizeof(peer));
-	fd = dial(host, service);
-	if (request_devlist(fd, fd, peer, IO_TIMEOUT_MS, print_remote_device,
-			    NULL) == 0)
-		printf("%s offers no devices\n", peer);
-	close(fd);
+	open_link(&o, &l);
+	if (request_devlist(l.rfd, l.wfd, l.peer, l.timeout_ms,
+			    print_device_line, "") == 0)
+		printf("%s offers no devices\n", l.peer);
+	close_link(&l);
 	return 0;
 }
 
@@ -3278,16 +3229,6 @@ static ONCE void usage(FILE *out)
 "options: -v more log (twice: every URB), -h help, -V version\n");
 }
 
-static int parse_max_length(const char *arg)
-{
-	char *end;
-	long n = strtol(arg, &end, 10);
-
-	if (*arg == '\0' || *end != '\0' || n < 0 || n > INT32_MAX)
-		errx(1, "--max-length: %s is not a byte count", arg);
-	return (int)n;
-}
-
 /*
  * What serve's options must agree on, checked once all are read: each
  * DEVICE a busid or a VID:PID, --stdio with one, and --pcap's file, which
@@ -3312,6 +3253,21 @@ static ONCE void finish_serve_opts(struct serve_opts *o, const char *pcap)
 		o->capture = open_capture(pcap);
 }
 
+/* A command's next option, or -1: -v and mistakes are dealt with here. */
+static ONCE int next_option(int argc, char **argv, const char *shortopts,
+			    const struct option *longopts)
+{
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, shortopts, longopts, NULL)) == 'v')
+		verbose++;
+	if (ch == '?') {
+		usage(stderr);
+		exit(1);
+	}
+	return ch;
+}
+
 static ONCE int cmd_serve(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -3329,8 +3285,7 @@ static ONCE int cmd_serve(int argc, char **argv)
 	int ch;
 
 	optind = 0;	/* glibc: restart scanning on the subcommand's argv */
-	while ((ch = getopt_long(argc, argv, "+a:p:m:v", longopts,
-				 NULL)) != -1) {
+	while ((ch = next_option(argc, argv, "+a:p:m:v", longopts)) != -1) {
 		switch (ch) {
 		case 'a':
 			o.addr = optarg;
@@ -3354,14 +3309,9 @@ static ONCE int cmd_serve(int argc, char **argv)
 			parse_allow(&o, optarg);
 			break;
 		case 'm':
-			o.max_length = parse_max_length(optarg);
+			o.max_length = (int)parse_number(optarg, 0, INT32_MAX,
+				"--max-length: %s is not a byte count");
 			break;
-		case 'v':
-			verbose++;
-			break;
-		default:
-			usage(stderr);
-			return 1;
 		}
 	}
 	o.busids = argv + optind;
@@ -3386,7 +3336,7 @@ static ONCE int cmd_attach(int argc, char **argv)
 	int ch;
 
 	optind = 0;
-	while ((ch = getopt_long(argc, argv, "+v", longopts, NULL)) != -1) {
+	while ((ch = next_option(argc, argv, "+v", longopts)) != -1) {
 		switch (ch) {
 		case 'l':
 			o.listen = optarg;
@@ -3403,12 +3353,6 @@ static ONCE int cmd_attach(int argc, char **argv)
 		case 'C':
 			pcap = optarg;
 			break;
-		case 'v':
-			verbose++;
-			break;
-		default:
-			usage(stderr);
-			return 1;
 		}
 	}
 	argc -= optind;
@@ -3448,7 +3392,7 @@ int ONCE main(int argc, char **argv)
 	const char *cmd;
 	int ch;
 
-	while ((ch = getopt_long(argc, argv, "+hVv", longopts, NULL)) != -1) {
+	while ((ch = next_option(argc, argv, "+hVv", longopts)) != -1) {
 		switch (ch) {
 		case 'h':
 			usage(stdout);
@@ -3456,22 +3400,12 @@ int ONCE main(int argc, char **argv)
 		case 'V':
 			printf("p2pusb " P2PUSB_VERSION "\n");
 			return 0;
-		case 'v':
-			verbose++;
-			break;
-		default:
-			usage(stderr);
-			return 1;
 		}
 	}
 	argc -= optind;
 	argv += optind;
-	if (argc < 1) {
-		usage(stderr);
-		return 1;
-	}
 	signal(SIGPIPE, SIG_IGN);	/* a closed peer: an error, not death */
-	cmd = argv[0];
+	cmd = argc > 0 ? argv[0] : "";
 	if (strcmp(cmd, "list") == 0 && argc <= 2)
 		return cmd_list(argc == 2 ? argv[1] : NULL);
 	if (strcmp(cmd, "serve") == 0)
@@ -3524,18 +3458,14 @@ static const char *status_name(int32_t status)
 
 static const char *transfer_type_name(int type)
 {
-	switch (type) {
-	case LIBUSB_TRANSFER_TYPE_CONTROL:
-		return "control";
-	case LIBUSB_TRANSFER_TYPE_ISOCHRONOUS:
-		return "iso";
-	case LIBUSB_TRANSFER_TYPE_BULK:
-		return "bulk";
-	case LIBUSB_TRANSFER_TYPE_INTERRUPT:
-		return "interrupt";
-	default:
-		return "";
-	}
+	static const char *names[] = {
+		[LIBUSB_TRANSFER_TYPE_CONTROL] = "control",
+		[LIBUSB_TRANSFER_TYPE_ISOCHRONOUS] = "iso",
+		[LIBUSB_TRANSFER_TYPE_BULK] = "bulk",
+		[LIBUSB_TRANSFER_TYPE_INTERRUPT] = "interrupt",
+	};
+
+	return type >= 0 && type < 4 ? names[type] : "";
 }
 
 /* Standard requests by name; class and vendor requests shown raw. */
@@ -3655,8 +3585,6 @@ struct cidr {
 	int bits;
 };
 
-
-
 static ONCE void parse_allow(struct serve_opts *o, const char *list)
 {
 	char *copy = strdup(list), *tok, *save = NULL;
@@ -3665,7 +3593,7 @@ static ONCE void parse_allow(struct serve_opts *o, const char *list)
 		err(1, "strdup");
 	for (tok = strtok_r(copy, ",", &save); tok;
 	     tok = strtok_r(NULL, ",", &save)) {
-		char *slash = strchr(tok, '/'), *end;
+		char *slash = strchr(tok, '/');
 		struct cidr r = { 0 };
 		int max;
 
@@ -3679,15 +3607,9 @@ static ONCE void parse_allow(struct serve_opts *o, const char *list)
 			errx(1, "--allow: %s is not an IPv4 or IPv6 address",
 			     tok);
 		r.bits = max;
-		if (slash) {
-			long bits = strtol(slash + 1, &end, 10);
-
-			if (slash[1] == '\0' || *end != '\0' || bits < 0 ||
-			    bits > max)
-				errx(1, "--allow: bad prefix length /%s",
-				     slash + 1);
-			r.bits = (int)bits;
-		}
+		if (slash)
+			r.bits = (int)parse_number(slash + 1, 0, max,
+					"--allow: bad prefix length /%s");
 		o->allowed = realloc(o->allowed, (size_t)(o->nallowed + 1) *
 				     sizeof(*o->allowed));
 		if (!o->allowed)
@@ -3856,7 +3778,6 @@ struct framer {
 
 /* The commands awaiting replies, as their headers. */
 static struct usbip_header *pending;
-
 static size_t npending, pending_cap;
 
 static void remember(const struct usbip_header *h)
@@ -4576,10 +4497,6 @@ static void busy_poll_after(struct busy_poll *b, int ready, int waited_ms)
 
 static long parse_busy_poll(const char *arg)
 {
-	char *end;
-	long usec = strtol(arg, &end, 10);
-
-	if (*arg == '\0' || *end != '\0' || usec < 1 || usec > 1000000)
-		errx(1, "--busy-poll: %s is not 1..1000000 microseconds", arg);
-	return usec;
+	return parse_number(arg, 1, 1000000,
+			    "--busy-poll: %s is not 1..1000000 microseconds");
 }

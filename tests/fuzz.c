@@ -2742,7 +2742,7 @@ static void client_devlist(int mode, const uint8_t *r, size_t n)
 	if (setjmp(fz_client_jmp) == 0) {
 		/* as cmd_list() does */
 		if (request_devlist(sv[0], sv[0], CL_PEER, CL_TIMEOUT_MS,
-				    print_remote_device, NULL) == 0)
+				    print_device_line, "") == 0)
 			fuzz_printf("%s offers no devices\n", CL_PEER);
 		fz_client_returned = 1;
 	}
