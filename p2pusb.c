@@ -4107,7 +4107,8 @@ static void wait_while_attached(const char *dir, int port)
  * an 'S' record when a CMD_SUBMIT has been read, with its setup packet
  * and OUT data, and a 'C' record for its reply, with the status, IN data
  * and iso descriptors.  The format is in p2pusb.h.  A write that fails
- * ends the capture with one line, never a session.
+ * ends the capture with one line, never a session.  The --via relay
+ * writes the same records from the messages passing through it.
  */
 #define PCAP_SNAPLEN	(1u << 27)	/* Wireshark's limit for USB */
 
