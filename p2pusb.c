@@ -73,10 +73,13 @@
 #define P2PUSB_VERSION	"0.1"
 
 /*
- * Code that runs once per command or per session, never per URB, is most
- * of this file: compiled for size (gcc and clang optimize cold functions
- * so), which keeps the binary small for boards and leaves the URB path
- * as fast as -O2 makes it.
+ * Code that runs rarely (once per command, session or connection, or on
+ * the way to an error) is most of this file: ONCE compiles it for size,
+ * as gcc and clang do cold functions, which keeps the binary small for
+ * boards.  Never on what runs per URB, nor on what every run of serve()
+ * or relay() calls first (main, cmd_serve, attach_once, ...): gcc takes
+ * what only cold code calls for cold too, and would compile the URB path
+ * for size.  test.sh checks that it does not.
  */
 #define ONCE	__attribute__((cold))
 
@@ -130,21 +133,21 @@ static uint32_t get32(const uint8_t *p)
 #define CMD_AT(p, field) AT(p, usbip_header, u.cmd_submit.field)
 #define RET_AT(p, field) AT(p, usbip_header, u.ret_submit.field)
 
-static void pack_op_common(uint8_t *p, uint16_t code, uint32_t status)
+static ONCE void pack_op_common(uint8_t *p, uint16_t code, uint32_t status)
 {
 	put16(AT(p, op_common, version), USBIP_VERSION);
 	put16(AT(p, op_common, code), code);
 	put32(AT(p, op_common, status), status);
 }
 
-static void unpack_op_common(const uint8_t *p, struct op_common *op)
+static ONCE void unpack_op_common(const uint8_t *p, struct op_common *op)
 {
 	op->version = get16(AT(p, op_common, version));
 	op->code = get16(AT(p, op_common, code));
 	op->status = get32(AT(p, op_common, status));
 }
 
-static void pack_import_request(uint8_t *p, const char *busid)
+static ONCE void pack_import_request(uint8_t *p, const char *busid)
 {
 	pack_op_common(p, OP_REQ_IMPORT, ST_OK);
 	memset(p + OP_COMMON_SIZE, 0, SYSFS_BUS_ID_SIZE);
@@ -152,7 +155,7 @@ static void pack_import_request(uint8_t *p, const char *busid)
 	       strnlen(busid, SYSFS_BUS_ID_SIZE - 1));
 }
 
-static void pack_device(uint8_t *p, const struct usbip_usb_device *d)
+static ONCE void pack_device(uint8_t *p, const struct usbip_usb_device *d)
 {
 	memcpy(AT(p, usbip_usb_device, path), d->path, SYSFS_PATH_MAX);
 	memcpy(AT(p, usbip_usb_device, busid), d->busid, SYSFS_BUS_ID_SIZE);
@@ -170,7 +173,7 @@ static void pack_device(uint8_t *p, const struct usbip_usb_device *d)
 	*AT(p, usbip_usb_device, bNumInterfaces) = d->bNumInterfaces;
 }
 
-static void unpack_device(const uint8_t *p, struct usbip_usb_device *d)
+static ONCE void unpack_device(const uint8_t *p, struct usbip_usb_device *d)
 {
 	memcpy(d->path, AT(p, usbip_usb_device, path), SYSFS_PATH_MAX);
 	memcpy(d->busid, AT(p, usbip_usb_device, busid), SYSFS_BUS_ID_SIZE);
@@ -190,7 +193,7 @@ static void unpack_device(const uint8_t *p, struct usbip_usb_device *d)
 	d->bNumInterfaces = *AT(p, usbip_usb_device, bNumInterfaces);
 }
 
-static void pack_interface(uint8_t *p, const struct usbip_usb_interface *i)
+static ONCE void pack_interface(uint8_t *p, const struct usbip_usb_interface *i)
 {
 	p[0] = i->bInterfaceClass;
 	p[1] = i->bInterfaceSubClass;
@@ -277,8 +280,8 @@ static void unpack_header(const uint8_t *p, struct usbip_header *h)
 	}
 }
 
-static void pack_iso_desc(uint8_t *p,
-			  const struct usbip_iso_packet_descriptor *d)
+static ONCE void pack_iso_desc(uint8_t *p,
+			       const struct usbip_iso_packet_descriptor *d)
 {
 	put32(AT(p, usbip_iso_packet_descriptor, offset), d->offset);
 	put32(AT(p, usbip_iso_packet_descriptor, length), d->length);
@@ -309,7 +312,7 @@ static void unpack_iso_desc(const uint8_t *p,
  */
 #define ESCAPED(len)	((len) * 4 + 1)
 
-static const char *printable(const char *s, size_t len, char *buf)
+static ONCE const char *printable(const char *s, size_t len, char *buf)
 {
 	size_t i, o = 0;
 
@@ -326,8 +329,8 @@ static const char *printable(const char *s, size_t len, char *buf)
 }
 
 /* "host", "host:port", "[v6]", "[v6]:port"; a bare v6 address has no port. */
-static ONCE void split_host_port(const char *arg, char *host, size_t hostlen,
-				 char *port, size_t portlen)
+static void split_host_port(const char *arg, char *host, size_t hostlen,
+			    char *port, size_t portlen)
 {
 	const char *colon = strrchr(arg, ':');
 	size_t n;
@@ -354,14 +357,14 @@ static ONCE void split_host_port(const char *arg, char *host, size_t hostlen,
 	host[n] = '\0';
 }
 
-static void name_peer(const char *host, const char *service, char *buf,
-		      size_t len)
+static ONCE void name_peer(const char *host, const char *service, char *buf,
+			   size_t len)
 {
 	snprintf(buf, len, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host,
 		 service);
 }
 
-static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
+static ONCE void format_peer(const struct sockaddr *sa, char *buf, size_t len)
 {
 	char host[NI_MAXHOST], serv[NI_MAXSERV];
 
@@ -377,12 +380,12 @@ static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
 		snprintf(buf, len, "%.*s:%.5s", INET6_ADDRSTRLEN, host, serv);
 }
 
-static void set_nonblocking(int fd)
+static ONCE void set_nonblocking(int fd)
 {
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-static void set_blocking(int fd)
+static ONCE void set_blocking(int fd)
 {
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 }
@@ -398,7 +401,7 @@ static void set_blocking(int fd)
 #define KEEPALIVE_INTERVAL_S	5
 #define KEEPALIVE_PROBES	3
 
-static void set_tcp_options(int fd)
+static ONCE void set_tcp_options(int fd)
 {
 	int one = 1, idle = KEEPALIVE_IDLE_S, intvl = KEEPALIVE_INTERVAL_S,
 	    cnt = KEEPALIVE_PROBES;
@@ -415,7 +418,7 @@ static void set_tcp_options(int fd)
 }
 
 /* Binds every address ADDR resolves to (all of them when ADDR is NULL). */
-static ONCE int listen_on(const char *addr, const char *port, int *fds, int max)
+static int listen_on(const char *addr, const char *port, int *fds, int max)
 {
 	struct addrinfo hints = {
 		.ai_family = AF_UNSPEC,
@@ -457,7 +460,7 @@ static ONCE int listen_on(const char *addr, const char *port, int *fds, int max)
 	return n;
 }
 
-static int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
+static ONCE int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
 	int error = 0;
@@ -477,8 +480,8 @@ static int connect_within(int fd, const struct sockaddr *sa, socklen_t len)
 }
 
 /* Returns a connected socket, or -1 with the reason in WHY. */
-static ONCE int try_dial(const char *host, const char *port, char *why,
-			 size_t whylen)
+static int try_dial(const char *host, const char *port, char *why,
+		    size_t whylen)
 {
 	struct addrinfo hints = {
 		.ai_family = AF_UNSPEC,
@@ -511,7 +514,7 @@ static ONCE int try_dial(const char *host, const char *port, char *why,
 	return fd;
 }
 
-static int dial(const char *host, const char *port)
+static ONCE int dial(const char *host, const char *port)
 {
 	char why[512];
 	int fd = try_dial(host, port, why, sizeof(why));
@@ -522,8 +525,8 @@ static int dial(const char *host, const char *port)
 }
 
 /* Blocking, bounded reads and writes for the client's short exchanges. */
-static void read_exact(int fd, void *buf, size_t len, const char *peer,
-		       int timeout_ms)
+static ONCE void read_exact(int fd, void *buf, size_t len, const char *peer,
+			    int timeout_ms)
 {
 	uint8_t *p = buf;
 
@@ -585,7 +588,7 @@ static const char *sysfs_usb = "/sys/bus/usb/devices";
 static const char *usbfs_dir = "/dev/bus/usb";
 static libusb_context *usb;	/* NULL where libusb could not start */
 
-static const char *speed_name(uint32_t speed)
+static ONCE const char *speed_name(uint32_t speed)
 {
 	static const char *names[] = {
 		"unknown", "low", "full", "high", "wireless", "super",
@@ -596,7 +599,7 @@ static const char *speed_name(uint32_t speed)
 }
 
 /* sysfs says Mbit/s; the wire wants the kernel's enum usb_device_speed. */
-static uint32_t speed_from_sysfs(const char *mbps)
+static ONCE uint32_t speed_from_sysfs(const char *mbps)
 {
 	static const struct {
 		const char *mbps;
@@ -617,8 +620,8 @@ static uint32_t speed_from_sysfs(const char *mbps)
 	return USB_SPEED_UNKNOWN;
 }
 
-static void read_sysfs_attr(const char *name, const char *attr, char *buf,
-			    size_t len)
+static ONCE void read_sysfs_attr(const char *name, const char *attr, char *buf,
+				 size_t len)
 {
 	char path[PATH_MAX];
 	FILE *f;
@@ -634,8 +637,8 @@ static void read_sysfs_attr(const char *name, const char *attr, char *buf,
 	fclose(f);
 }
 
-static unsigned long sysfs_number(const char *name, const char *attr,
-				  int base)
+static ONCE unsigned long sysfs_number(const char *name, const char *attr,
+				       int base)
 {
 	char buf[32];
 
@@ -647,7 +650,7 @@ static unsigned long sysfs_number(const char *name, const char *attr,
  * "1-1.2" is a device; "usb1" is a root hub and "1-1.2:1.0" an interface.
  * A busid from the network becomes part of a path: digits, '-', '.' only.
  */
-static int is_device_name(const char *name)
+static ONCE int is_device_name(const char *name)
 {
 	size_t len = strlen(name);
 
@@ -733,7 +736,7 @@ typedef int device_fn(const struct usbip_usb_device *rec,
 
 /* Calls fn for every device, hubs too, in busid order; stops early when
  * fn returns non-zero. */
-static int for_each_device(device_fn *fn, void *arg)
+static ONCE int for_each_device(device_fn *fn, void *arg)
 {
 	struct dirent **names;
 	int n = scandir(sysfs_usb, &names, NULL, versionsort), i, rc = 0;
@@ -904,15 +907,15 @@ struct urb_seen;
 static void add_conn(int rfd, int wfd, const char *peer,
 		     const struct serve_opts *o);
 static int count_conns(void);
-static ONCE void answer_devlist(struct conn *c);
-static int busid_in_use(const char *busid);
+static void answer_devlist(struct conn *c);
+static ONCE int busid_in_use(const char *busid);
 static ONCE int import_device(struct conn *c, struct usbip_usb_device *rec,
 			      struct usbip_usb_interface *ifs);
 static ONCE int open_device(struct conn *c, const struct usbip_usb_device *rec);
-static void learn_endpoints(struct conn *c);
-static int take_interfaces(libusb_device_handle *h);
-static void give_back_interfaces(libusb_device_handle *h);
-static void close_device(struct conn *c);
+static ONCE void learn_endpoints(struct conn *c);
+static ONCE int take_interfaces(libusb_device_handle *h);
+static ONCE void give_back_interfaces(libusb_device_handle *h);
+static ONCE void close_device(struct conn *c);
 static int may_read(const struct conn *c);
 static ssize_t take_input(struct conn *c, int *from_socket);
 static void expect(struct conn *c, enum rx_state rx, void *dst, size_t len);
@@ -937,7 +940,7 @@ static void answer_transfer(struct urb *u);
 static void inflight_remove(struct conn *c, struct urb *u);
 static int32_t finish_iso(struct urb *u, int32_t *error_count);
 static int32_t urb_status(enum libusb_transfer_status s);
-static int32_t submit_errno(int rc);
+static ONCE int32_t submit_errno(int rc);
 static int urb_packets(const struct urb *u);
 static void queue_ret_submit(struct urb *u, int32_t status, int32_t actual,
 			     int32_t error_count);
@@ -950,36 +953,36 @@ static void free_msg(struct msg *m);
 static void end_after_replies(struct conn *c, const char *why);
 static void protocol_error(struct conn *c, const char *fmt, ...);
 static void close_conn(struct conn *c, const char *why);
-static ONCE void give_back_device(struct conn *c);
+static void give_back_device(struct conn *c);
 static int finished(struct server *sv);
 static int next_wakeup_ms(struct server *sv);
 static void dispatch(struct server *sv, int ready);
 static void build_pollset(struct server *sv);
-static ONCE void begin_stop(struct server *sv);
-static void pause_accepting(struct server *sv);
-static void resume_accepting(struct server *sv, int freed);
-static const char *op_status_name(uint32_t status);
-static ONCE void find_busid(const struct attach_opts *o,
-			    char busid[SYSFS_BUS_ID_SIZE]);
-static void close_link(struct link *l);
-static ONCE void trace_header(const char *who, const struct usbip_header *h,
-			      int type);
+static void begin_stop(struct server *sv);
+static ONCE void pause_accepting(struct server *sv);
+static ONCE void resume_accepting(struct server *sv, int freed);
+static ONCE const char *op_status_name(uint32_t status);
+static void find_busid(const struct attach_opts *o,
+		       char busid[SYSFS_BUS_ID_SIZE]);
+static ONCE void close_link(struct link *l);
+static void trace_header(const char *who, const struct usbip_header *h,
+			 int type);
 static void trace_reply(const char *who, const uint8_t *head);
 static ONCE void parse_allow(struct serve_opts *o, const char *list);
 static int is_allowed(const struct serve_opts *o, const struct sockaddr *sa);
-static void redial(struct server *sv);
-static int backoff(int *next_ms);
+static ONCE void redial(struct server *sv);
+static ONCE int backoff(int *next_ms);
 static ONCE void accept_one(const char *where, struct link *l);
 static ONCE void spawn_via(const char *command, struct link *l);
 static int relay(int vhci, const struct link *l,
 		 const struct attach_opts *o, uint32_t devid);
 static int pass_both_ways(int vhci, const struct link *l, long busy_poll_us,
 			  struct framer *f);
-static void end_child(struct link *l);
+static ONCE void end_child(struct link *l);
 static ONCE int attach_persist(const struct attach_opts *o, const char *dir);
 static ONCE int import_in_child(const struct attach_opts *o, const char *dir,
 				pid_t *pid);
-static void wait_while_attached(const char *dir, int port);
+static ONCE void wait_while_attached(const char *dir, int port);
 static ONCE struct capture *open_capture(const char *path);
 static void capture_submit(struct urb *u);
 static void capture_reply(struct urb *u, int32_t status, int32_t actual);
@@ -991,16 +994,16 @@ static void capture_urb(struct capture *cap, const struct urb_seen *s,
 			char type, int32_t status, uint32_t length);
 static struct usbmon_iso_desc usbmon_desc(const struct urb_seen *s,
 					  uint32_t i, char type);
-static void stop_capture(struct capture *cap);
+static ONCE void stop_capture(struct capture *cap);
 static int capture_data(FILE *f, const uint8_t *data, uint32_t len);
 static void put_urb(struct urb *u);
 static struct urb *get_urb(struct conn *c, size_t len, int np);
-static void drop_spares(struct conn *c);
+static ONCE void drop_spares(struct conn *c);
 static void alloc_buf(struct urb *u, size_t len);
 static void free_buf(struct urb *u);
 static int busy_poll_wait(const struct busy_poll *b, int wait_ms);
 static void busy_poll_after(struct busy_poll *b, int ready, int waited_ms);
-static long parse_busy_poll(const char *arg);
+static ONCE long parse_busy_poll(const char *arg);
 
 /* ==== the server, as one URB lives it ==================================== */
 
@@ -1097,8 +1100,8 @@ static void on_op_common(struct conn *c)
 
 /* Whether serve shares REC: named on its command line by busid or by
  * VID:PID (plugged in later too), or (with none named) not a hub. */
-static int is_offered(const struct serve_opts *o,
-		      const struct usbip_usb_device *rec)
+static ONCE int is_offered(const struct serve_opts *o,
+			   const struct usbip_usb_device *rec)
 {
 	uint16_t vid, pid;
 	int i;
@@ -1120,9 +1123,9 @@ struct devlist {
 	uint32_t ndev;
 };
 
-static int append_device(const struct usbip_usb_device *rec,
-			 const struct usbip_usb_interface *ifs, int nifs,
-			 void *arg)
+static ONCE int append_device(const struct usbip_usb_device *rec,
+			      const struct usbip_usb_interface *ifs, int nifs,
+			      void *arg)
 {
 	struct devlist *dl = arg;
 	uint8_t *p;
@@ -1146,7 +1149,7 @@ static int append_device(const struct usbip_usb_device *rec,
 	return 0;
 }
 
-static ONCE void answer_devlist(struct conn *c)
+static void answer_devlist(struct conn *c)
 {
 	size_t head = OP_COMMON_SIZE + sizeof(struct op_devlist_reply);
 	struct devlist dl = { c->o, malloc(head), head, 0 };
@@ -1165,7 +1168,7 @@ static ONCE void answer_devlist(struct conn *c)
 	end_after_replies(c, "device list sent");
 }
 
-static ONCE void answer_import(struct conn *c)
+static void answer_import(struct conn *c)
 {
 	uint8_t rep[OP_REP_IMPORT_SIZE];
 	struct usbip_usb_interface ifs[MAX_INTERFACES];
@@ -1207,7 +1210,7 @@ static ONCE void answer_import(struct conn *c)
 	}
 }
 
-static int busid_in_use(const char *busid)
+static ONCE int busid_in_use(const char *busid)
 {
 	struct conn *c;
 
@@ -1285,7 +1288,7 @@ static ONCE int open_device(struct conn *c, const struct usbip_usb_device *rec)
 	return ST_OK;
 }
 
-static void learn_endpoints(struct conn *c)
+static ONCE void learn_endpoints(struct conn *c)
 {
 	libusb_device *dev = libusb_get_device(c->handle);
 	struct libusb_config_descriptor *cfg;
@@ -1322,8 +1325,8 @@ static void learn_endpoints(struct conn *c)
 
 /* The active configuration's bInterfaceNumbers, in IFNUM; returns how
  * many (none when unconfigured). */
-static int active_interfaces(libusb_device_handle *h,
-			     uint8_t ifnum[UINT8_MAX + 1])
+static ONCE int active_interfaces(libusb_device_handle *h,
+				  uint8_t ifnum[UINT8_MAX + 1])
 {
 	struct libusb_config_descriptor *cfg;
 	int i;
@@ -1338,7 +1341,7 @@ static int active_interfaces(libusb_device_handle *h,
 
 /* Every interface ours, from whatever kernel driver had it; a libusb
  * error if one cannot be claimed. */
-static int take_interfaces(libusb_device_handle *h)
+static ONCE int take_interfaces(libusb_device_handle *h)
 {
 	uint8_t ifnum[UINT8_MAX + 1];
 	int n = active_interfaces(h, ifnum), i, rc = 0;
@@ -1351,7 +1354,7 @@ static int take_interfaces(libusb_device_handle *h)
 	return rc;
 }
 
-static void release_interfaces(libusb_device_handle *h)
+static ONCE void release_interfaces(libusb_device_handle *h)
 {
 	uint8_t ifnum[UINT8_MAX + 1];
 	int n = active_interfaces(h, ifnum), i;
@@ -1365,7 +1368,7 @@ static void release_interfaces(libusb_device_handle *h)
  * Every interface is released first: a driver such as cdc_acm claims its
  * sibling interfaces when it probes, so none may still be ours then.
  */
-static void give_back_interfaces(libusb_device_handle *h)
+static ONCE void give_back_interfaces(libusb_device_handle *h)
 {
 	uint8_t ifnum[UINT8_MAX + 1];
 	int n = active_interfaces(h, ifnum), i;
@@ -1375,7 +1378,7 @@ static void give_back_interfaces(libusb_device_handle *h)
 		libusb_attach_kernel_driver(h, ifnum[i]);
 }
 
-static void close_device(struct conn *c)
+static ONCE void close_device(struct conn *c)
 {
 	libusb_close(c->handle);
 	c->handle = NULL;
@@ -2022,7 +2025,7 @@ static int32_t urb_status(enum libusb_transfer_status s)
 							       : -EPROTO;
 }
 
-static int32_t submit_errno(int rc)
+static ONCE int32_t submit_errno(int rc)
 {
 	static const int32_t errnos[] = {
 		[-LIBUSB_ERROR_NO_DEVICE] = -ESHUTDOWN,
@@ -2290,7 +2293,7 @@ static int reap_conns(void)
  * across the reset), so the device leaves in a clean state; then release
  * and let the kernel rebind its drivers.
  */
-static ONCE void give_back_device(struct conn *c)
+static void give_back_device(struct conn *c)
 {
 	int rc = libusb_reset_device(c->handle);
 
@@ -2329,7 +2332,7 @@ static int expire_handshakes(void)
  * An idle session (a disk between commands) has none, yet vhci_hcd must
  * hear of it: only a closed connection makes it remove the device.
  */
-static void end_unplugged_sessions(void)
+static ONCE void end_unplugged_sessions(void)
 {
 	struct conn *c;
 
@@ -2366,14 +2369,14 @@ struct server {
 	size_t n, cap, nusb;
 };
 
-static void on_signal(int sig)
+static ONCE void on_signal(int sig)
 {
 	(void)sig;
 	stop_requested = 1;
 }
 
 /* SIGINT/SIGTERM are blocked except inside ppoll(), so none is missed. */
-static void catch_stop_signals(sigset_t *unblocked)
+static ONCE void catch_stop_signals(sigset_t *unblocked)
 {
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigset_t block;
@@ -2391,7 +2394,7 @@ static void catch_stop_signals(sigset_t *unblocked)
 static const struct libusb_pollfd **usb_fds;
 static int usb_fds_stale = 1;
 
-static void LIBUSB_CALL usb_fd_added(int fd, short events, void *arg)
+static ONCE void LIBUSB_CALL usb_fd_added(int fd, short events, void *arg)
 {
 	(void)fd;
 	(void)events;
@@ -2399,7 +2402,7 @@ static void LIBUSB_CALL usb_fd_added(int fd, short events, void *arg)
 	usb_fds_stale = 1;
 }
 
-static void LIBUSB_CALL usb_fd_removed(int fd, void *arg)
+static ONCE void LIBUSB_CALL usb_fd_removed(int fd, void *arg)
 {
 	(void)fd;
 	(void)arg;
@@ -2407,7 +2410,7 @@ static void LIBUSB_CALL usb_fd_removed(int fd, void *arg)
 }
 
 /* Without USB, serve still runs: it offers nothing and says why once. */
-static ONCE void open_usb(void)
+static void open_usb(void)
 {
 	int rc;
 
@@ -2602,7 +2605,7 @@ static void build_pollset(struct server *sv)
 		pollset_add(sv, usb_fds[i]->fd, usb_fds[i]->events, NULL);
 }
 
-static ONCE void begin_stop(struct server *sv)
+static void begin_stop(struct server *sv)
 {
 	struct conn *c;
 	int i;
@@ -2622,7 +2625,7 @@ static ONCE void begin_stop(struct server *sv)
  * The listeners rest instead, for ACCEPT_PAUSE_MS or until a session
  * ends and frees a descriptor; the sessions there are go on.
  */
-static void pause_accepting(struct server *sv)
+static ONCE void pause_accepting(struct server *sv)
 {
 	if (!sv->out_of_fds)
 		warnx("cannot accept connections: %s; new clients wait",
@@ -2631,7 +2634,7 @@ static void pause_accepting(struct server *sv)
 	sv->accept_again_ms = now_ms() + ACCEPT_PAUSE_MS;
 }
 
-static void resume_accepting(struct server *sv, int freed)
+static ONCE void resume_accepting(struct server *sv, int freed)
 {
 	if (sv->accept_again_ms && (freed || now_ms() >= sv->accept_again_ms))
 		sv->accept_again_ms = 0;
@@ -2650,7 +2653,7 @@ static void resume_accepting(struct server *sv, int freed)
 
 static int permanent_error = 1;
 
-static const char *op_status_name(uint32_t status)
+static ONCE const char *op_status_name(uint32_t status)
 {
 	static const char *names[] = {
 		[ST_OK] = "ok",
@@ -2782,7 +2785,7 @@ struct vhci_port {
 };
 
 /* vhci_hcd.0 holds the attach/detach files for every controller. */
-static ONCE void find_vhci(char *dir, size_t len)
+static void find_vhci(char *dir, size_t len)
 {
 	static const char *candidates[] = {
 		"/sys/devices/platform/vhci_hcd.0",
@@ -2805,8 +2808,8 @@ static ONCE void find_vhci(char *dir, size_t len)
 }
 
 /* Reads every status file ("status", "status.1", ...): one per controller. */
-static ONCE int read_vhci_ports(const char *dir, struct vhci_port *ports,
-				int max)
+static int read_vhci_ports(const char *dir, struct vhci_port *ports,
+			   int max)
 {
 	char pattern[PATH_MAX], line[256];
 	glob_t g;
@@ -2852,7 +2855,7 @@ static ONCE int read_vhci_ports(const char *dir, struct vhci_port *ports,
 	return n;
 }
 
-static int find_vhci_port(const char *dir, int port, struct vhci_port *out)
+static ONCE int find_vhci_port(const char *dir, int port, struct vhci_port *out)
 {
 	struct vhci_port ports[VHCI_PORTS_MAX];
 	int n = read_vhci_ports(dir, ports, VHCI_PORTS_MAX), i;
@@ -2866,7 +2869,7 @@ static int find_vhci_port(const char *dir, int port, struct vhci_port *out)
 	return 0;
 }
 
-static int write_sysfs(const char *dir, const char *file, const char *text)
+static ONCE int write_sysfs(const char *dir, const char *file, const char *text)
 {
 	char path[PATH_MAX];
 	int fd, rc = 0;
@@ -2882,8 +2885,8 @@ static int write_sysfs(const char *dir, const char *file, const char *text)
 }
 
 /* Same format as `usbip attach`, so `usbip port` and `usbip detach` work. */
-static ONCE void write_record(int port, const char *host, const char *service,
-			      const char *busid)
+static void write_record(int port, const char *host, const char *service,
+			 const char *busid)
 {
 	char path[PATH_MAX];
 	FILE *f;
@@ -2899,7 +2902,7 @@ static ONCE void write_record(int port, const char *host, const char *service,
 	fclose(f);
 }
 
-static void remove_record(int port)
+static ONCE void remove_record(int port)
 {
 	char path[PATH_MAX];
 
@@ -2908,8 +2911,8 @@ static void remove_record(int port)
 }
 
 /* vhci_hcd's attach file: "PORT SOCKFD DEVID SPEED", the fd ours. */
-static int vhci_attach(const char *dir, int port, int fd, uint32_t devid,
-		       uint32_t speed)
+static ONCE int vhci_attach(const char *dir, int port, int fd, uint32_t devid,
+			    uint32_t speed)
 {
 	char line[64];
 
@@ -2917,8 +2920,8 @@ static int vhci_attach(const char *dir, int port, int fd, uint32_t devid,
 	return write_sysfs(dir, "attach", line);
 }
 
-static ONCE int attach_to_vhci(const char *dir, int fd,
-			       const struct usbip_usb_device *rec)
+static int attach_to_vhci(const char *dir, int fd,
+			  const struct usbip_usb_device *rec)
 {
 	struct vhci_port ports[VHCI_PORTS_MAX];
 	uint32_t speed = rec->speed;
@@ -3002,7 +3005,7 @@ static ONCE void open_link(const struct attach_opts *o, struct link *l)
  * here until the session ends; otherwise the kernel keeps the socket and
  * we return at once.  Prints the vhci port.
  */
-static ONCE int attach_once(const struct attach_opts *o, const char *dir)
+static int attach_once(const struct attach_opts *o, const char *dir)
 {
 	char busid[SYSFS_BUS_ID_SIZE];
 	struct usbip_usb_device rec;
@@ -3047,9 +3050,9 @@ struct match {
 	char all[ESCAPED(SYSFS_BUS_ID_SIZE) * 4];	/* for the error */
 };
 
-static int match_device(const struct usbip_usb_device *rec,
-			const struct usbip_usb_interface *ifs, int nifs,
-			void *arg)
+static ONCE int match_device(const struct usbip_usb_device *rec,
+			     const struct usbip_usb_interface *ifs, int nifs,
+			     void *arg)
 {
 	struct match *m = arg;
 	char text[ESCAPED(SYSFS_BUS_ID_SIZE)];
@@ -3072,8 +3075,8 @@ static int match_device(const struct usbip_usb_device *rec,
  * a first OP_REQ_DEVLIST (USB/IP imports by busid only).  --persist asks
  * again every time, so the device is found on whatever port it is.
  */
-static ONCE void find_busid(const struct attach_opts *o,
-			    char busid[SYSFS_BUS_ID_SIZE])
+static void find_busid(const struct attach_opts *o,
+		       char busid[SYSFS_BUS_ID_SIZE])
 {
 	struct match m = { .n = 0 };
 	struct link l;
@@ -3094,7 +3097,7 @@ static ONCE void find_busid(const struct attach_opts *o,
 }
 
 /* Ends a link that served its purpose: its descriptors, --via's command. */
-static void close_link(struct link *l)
+static ONCE void close_link(struct link *l)
 {
 	close(l->rfd);
 	if (l->wfd != l->rfd)
@@ -3234,7 +3237,7 @@ static ONCE void usage(FILE *out)
  * DEVICE a busid or a VID:PID, --stdio with one, and --pcap's file, which
  * this opens.
  */
-static ONCE void finish_serve_opts(struct serve_opts *o, const char *pcap)
+static void finish_serve_opts(struct serve_opts *o, const char *pcap)
 {
 	uint16_t vid, pid;
 	int i;
@@ -3254,8 +3257,8 @@ static ONCE void finish_serve_opts(struct serve_opts *o, const char *pcap)
 }
 
 /* A command's next option, or -1: -v and mistakes are dealt with here. */
-static ONCE int next_option(int argc, char **argv, const char *shortopts,
-			    const struct option *longopts)
+static int next_option(int argc, char **argv, const char *shortopts,
+		       const struct option *longopts)
 {
 	int ch;
 
@@ -3268,7 +3271,7 @@ static ONCE int next_option(int argc, char **argv, const char *shortopts,
 	return ch;
 }
 
-static ONCE int cmd_serve(int argc, char **argv)
+static int cmd_serve(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "allow", required_argument, NULL, 'A' },
@@ -3320,7 +3323,7 @@ static ONCE int cmd_serve(int argc, char **argv)
 	return serve(&o);
 }
 
-static ONCE int cmd_attach(int argc, char **argv)
+static int cmd_attach(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -3381,7 +3384,7 @@ static ONCE int cmd_attach(int argc, char **argv)
 	return o.persist ? attach_persist(&o, dir) : attach_once(&o, dir);
 }
 
-int ONCE main(int argc, char **argv)
+int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
@@ -3424,7 +3427,7 @@ int ONCE main(int argc, char **argv)
 
 /* ==== the URB trace (-vv): the stream decoded for people ================= */
 
-static const char *status_name(int32_t status)
+static ONCE const char *status_name(int32_t status)
 {
 	static const struct {
 		int err;
@@ -3456,7 +3459,7 @@ static const char *status_name(int32_t status)
 	return other;
 }
 
-static const char *transfer_type_name(int type)
+static ONCE const char *transfer_type_name(int type)
 {
 	static const char *names[] = {
 		[LIBUSB_TRANSFER_TYPE_CONTROL] = "control",
@@ -3522,8 +3525,8 @@ static ONCE void describe_setup(const uint8_t *s, char *buf, size_t len)
 }
 
 /* TYPE is the endpoint's transfer type where the caller knows it, or -1. */
-static ONCE void trace_header(const char *who, const struct usbip_header *h,
-			      int type)
+static void trace_header(const char *who, const struct usbip_header *h,
+			 int type)
 {
 	const struct usbip_header_cmd_submit *cmd = &h->u.cmd_submit;
 	const struct usbip_header_ret_submit *ret = &h->u.ret_submit;
@@ -3619,7 +3622,7 @@ static ONCE void parse_allow(struct serve_opts *o, const char *list)
 	free(copy);
 }
 
-static int prefix_matches(const uint8_t *a, const uint8_t *b, int bits)
+static ONCE int prefix_matches(const uint8_t *a, const uint8_t *b, int bits)
 {
 	int full = bits / 8, rest = bits % 8;
 
@@ -3656,7 +3659,7 @@ static int is_allowed(const struct serve_opts *o, const struct sockaddr *sa)
 /* ==== dialing either way: serve --connect, attach --listen =============== */
 
 /* --connect: the device side dials out, retrying with backoff. */
-static void redial(struct server *sv)
+static ONCE void redial(struct server *sv)
 {
 	char host[256], port[32], peer[300], why[512];
 	int fd, wait_ms;
@@ -3681,7 +3684,7 @@ static void redial(struct server *sv)
  * How long to wait before trying again: 1 s, doubling up to REDIAL_MAX_MS
  * (serve --connect, attach --persist).  *NEXT_MS is 0 after a success.
  */
-static int backoff(int *next_ms)
+static ONCE int backoff(int *next_ms)
 {
 	int wait_ms = *next_ms ? *next_ms : 1000;
 
@@ -3985,7 +3988,7 @@ static int pass_both_ways(int vhci, const struct link *l, long busy_poll_us,
 	}
 }
 
-static void end_child(struct link *l)
+static ONCE void end_child(struct link *l)
 {
 	int i;
 
@@ -4002,7 +4005,7 @@ static void end_child(struct link *l)
 
 /* ==== --persist: import again when the connection drops ================== */
 
-static int port_in_use(const char *dir, int port)
+static ONCE int port_in_use(const char *dir, int port)
 {
 	struct vhci_port p;
 
@@ -4085,7 +4088,7 @@ static ONCE int import_in_child(const struct attach_opts *o, const char *dir,
 }
 
 /* Sleeps while the kernel has PORT; a stop signal detaches it. */
-static void wait_while_attached(const char *dir, int port)
+static ONCE void wait_while_attached(const char *dir, int port)
 {
 	char arg[16];
 
@@ -4274,7 +4277,7 @@ static void capture_urb(struct capture *cap, const struct urb_seen *s,
 		stop_capture(cap);
 }
 
-static void stop_capture(struct capture *cap)
+static ONCE void stop_capture(struct capture *cap)
 {
 	if (!cap->f)
 		return;
@@ -4398,7 +4401,7 @@ static struct urb *get_urb(struct conn *c, size_t len, int np)
 	return u;
 }
 
-static void drop_spares(struct conn *c)
+static ONCE void drop_spares(struct conn *c)
 {
 	while (c->nspare > 0)
 		destroy_urb(c->spare[--c->nspare]);
@@ -4496,7 +4499,7 @@ static void busy_poll_after(struct busy_poll *b, int ready, int waited_ms)
 		sched_yield();
 }
 
-static long parse_busy_poll(const char *arg)
+static ONCE long parse_busy_poll(const char *arg)
 {
 	return parse_number(arg, 1, 1000000,
 			    "--busy-poll: %s is not 1..1000000 microseconds");

@@ -86,6 +86,28 @@ build_with() {
 	make -B CC="$1" p2pusb
 }
 
+# ONCE (cold) code is compiled for size, and gcc takes what only cold code
+# calls for cold too: a ONCE in the wrong place would put the URB path in
+# .text.unlikely, compiled for size (as c0f304d did, unseen, for months).
+urb_path_not_cold() {
+	local o=$WORK/urb-path.o f cold
+	gcc -std=c11 -O2 -fno-asynchronous-unwind-tables \
+		$(pkg-config --cflags libusb-1.0) -c -o "$o" p2pusb.c || return 1
+	# (a NAME.cold is the cold part gcc split off a function: fine)
+	cold=$(objdump -t "$o" | awk '$4 == ".text.unlikely" { print $NF }' |
+		grep -v '\.cold$' | sed 's/\..*//')
+	for f in serve read_input on_input on_header on_cmd_submit submit_urb \
+		on_transfer_done answer_transfer queue_ret_submit write_output \
+		get_urb put_urb pollset_add pump frame payload_after; do
+		if echo "$cold" | grep -qx "$f"; then
+			echo "$f is compiled as cold code"
+			return 1
+		fi
+	done
+	echo "measured: $(echo "$cold" | grep -c .) functions in .text.unlikely," \
+		"none of the URB path"
+}
+
 build_asan() {
 	gcc -std=c11 -Wall -Wextra -Werror -g -O1 \
 		-fsanitize=address,undefined -fno-omit-frame-pointer \
@@ -646,6 +668,7 @@ install_missing || echo "warning: apt-get failed; testing with what is here"
 check "build with clang (-Wall -Wextra -Werror)" build_with clang
 check "build with gcc (-Wall -Wextra -Werror)" build_with gcc
 check "build with ASan+UBSan" build_asan
+check "build: the URB path is not compiled as cold code (ONCE)" urb_path_not_cold
 check "wire format matches the spec sheet's vectors" wire_test
 check "host: USB-less server answers and survives bad input" host_server ./p2pusb
 check "host: same under ASan+UBSan" host_server tests/p2pusb-asan
