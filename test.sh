@@ -604,6 +604,10 @@ cross_build() {
 		s="$s, ${b#*:} $(($(stat -c %s "$WORK/stripped") / 1024)) KiB"
 	done
 	echo "$s"
+	# The design card's limit, for the x86-64 build.
+	strip -o "$WORK/stripped" p2pusb &&
+		[ "$(stat -c %s "$WORK/stripped")" -le 65536 ] ||
+		{ echo "the stripped x86-64 binary is over 64 KiB"; return 1; }
 }
 
 # wire_cross TRIPLET QEMU: tests/wire-test.c for TRIPLET (UBSan included:
