@@ -362,5 +362,12 @@ ms_now() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
 
 proc_fds() { local f n=0; for f in /proc/"$1"/fd/*; do n=$((n + 1)); done; echo $n; }
 
-# proc_kb PID FIELD: a /proc/PID/status figure in kB (VmRSS, VmHWM).
-proc_kb() { local k v _; while read -r k v _; do [ "$k" = "$2:" ] && { echo "$v"; return; }; done <"/proc/$1/status"; }
+# proc_kb PID FIELD: a /proc/PID/status figure in kB (VmRSS, VmHWM).  One
+# read of the whole file: bash's read builtin reads a line, seeks back and
+# reads again, and each read makes the kernel write the file anew, so a
+# figure that grows a digit meanwhile shifts the lines under it (vm 13,
+# reading a flooded server, failed that way now and then).
+proc_kb() {
+    awk -v f="$2:" '$1 == f { print $2; ok = 1 } END { exit !ok }' \
+        "/proc/$1/status"
+}

@@ -1144,7 +1144,7 @@ flood() {
 	port=$($P2PUSB attach 127.0.0.1 "$BUSID")
 	disk=$(imported_disk g2)
 	disk_check "$disk" /tmp/g2.img
-	hwm=$(proc_kb "$SERVER_PID" VmHWM)
+	hwm=$(proc_kb "$SERVER_PID" VmHWM) || die "no VmHWM for the server"
 	wait $fl || die "flood client failed"
 	cat /tmp/flood.out
 	echo "measured: server peak RSS $hwm kB while one client flooded"

@@ -765,6 +765,30 @@ static void test_server_reactions(void)
 /* ---- helpers outside the wire format ------------------------------------ */
 
 /*
+ * The 'S' record of DEC_GET_DESCRIPTOR (devid 1-2) as usbmon writes it on
+ * this machine: little-endian by hand, its multi-byte fields reversed on
+ * a big-endian one.
+ */
+static void usbmon_want(uint8_t want[64])
+{
+	static const char usbmon_hex[] =
+	    "05 00 00 00 00 00 00 00  53 02 80 02  01 00  00 3c"
+	    "00 00 00 00 00 00 00 00  00 00 00 00  8d ff ff ff"
+	    "12 00 00 00  00 00 00 00  80 06 00 01 00 00 12 00"
+	    "00 00 00 00  00 00 00 00  00 02 00 00  00 00 00 00";
+	/* multi-byte fields: offset, size */
+	static const uint8_t usbmon_fields[][2] = {
+		{ 0, 8 }, { 12, 2 }, { 28, 4 }, { 32, 4 }, { 36, 4 },
+		{ 56, 4 },
+	};
+	size_t i;
+
+	from_hex(usbmon_hex, want, 64);
+	for (i = 0; htonl(1) == 1 && i < sizeof(usbmon_fields) / 2; i++)
+		reverse(want + usbmon_fields[i][0], usbmon_fields[i][1]);
+}
+
+/*
  * serve --pcap: the file header and a GET_DESCRIPTOR submission as usbmon
  * records it, written by hand from the kernel's Documentation/usb/
  * usbmon.rst (struct usbmon_packet) and pcap's file format, little-endian
@@ -777,18 +801,9 @@ static void test_pcap_records(void)
 	static const char file_hex[] =
 	    "d4 c3 b2 a1  02 00 04 00  00 00 00 00  00 00 00 00"
 	    "00 00 00 08  dc 00 00 00";
-	static const char usbmon_hex[] =
-	    "05 00 00 00 00 00 00 00  53 02 80 02  01 00  00 3c"
-	    "00 00 00 00 00 00 00 00  00 00 00 00  8d ff ff ff"
-	    "12 00 00 00  00 00 00 00  80 06 00 01 00 00 12 00"
-	    "00 00 00 00  00 00 00 00  00 02 00 00  00 00 00 00";
-	/* multi-byte fields: offset, size (file header, then usbmon's) */
+	/* the file header's multi-byte fields: offset, size */
 	static const uint8_t file_fields[][2] = {
 		{ 0, 4 }, { 4, 2 }, { 6, 2 }, { 16, 4 }, { 20, 4 },
-	};
-	static const uint8_t usbmon_fields[][2] = {
-		{ 0, 8 }, { 12, 2 }, { 28, 4 }, { 32, 4 }, { 36, 4 },
-		{ 56, 4 },
 	};
 	static struct serve_opts opts = { .max_length = URB_LENGTH_MAX };
 	uint8_t want_file[24], want[64], got[24 + 16 + 64 + 1];
@@ -803,11 +818,9 @@ static void test_pcap_records(void)
 		err(2, "mkstemp");
 	close(fd);
 	from_hex(file_hex, want_file, sizeof(want_file));
-	from_hex(usbmon_hex, want, sizeof(want));
+	usbmon_want(want);
 	for (i = 0; big && i < sizeof(file_fields) / 2; i++)
 		reverse(want_file + file_fields[i][0], file_fields[i][1]);
-	for (i = 0; big && i < sizeof(usbmon_fields) / 2; i++)
-		reverse(want + usbmon_fields[i][0], usbmon_fields[i][1]);
 	opts.capture = open_capture(path);
 	fake_conn(&c);
 	c.o = &opts;
@@ -842,11 +855,6 @@ static void test_pcap_records(void)
  */
 static void test_pcap_relay(void)
 {
-	static const char usbmon_hex[] =
-	    "05 00 00 00 00 00 00 00  53 02 80 02  01 00  00 3c"
-	    "00 00 00 00 00 00 00 00  00 00 00 00  8d ff ff ff"
-	    "12 00 00 00  00 00 00 00  80 06 00 01 00 00 12 00"
-	    "00 00 00 00  00 00 00 00  00 02 00 00  00 00 00 00";
 	uint8_t cmd[USBIP_HEADER_SIZE], ret[USBIP_HEADER_SIZE + 18],
 		want[64], got[24 + 2 * (16 + 64) + 18 + 1];
 	char path[] = "/tmp/p2pusb-wire-test.XXXXXX";
@@ -859,7 +867,7 @@ static void test_pcap_relay(void)
 	if (fd < 0)
 		err(2, "mkstemp");
 	close(fd);
-	from_hex(usbmon_hex, want, sizeof(want));
+	usbmon_want(want);
 	from_hex(dec_cases[DEC_GET_DESCRIPTOR].hex, cmd, sizeof(cmd));
 	pack_ret_submit(ret, 5, &(struct usbip_header_ret_submit){
 		.actual_length = 18 });
