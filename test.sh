@@ -482,14 +482,30 @@ client_errors() {
 
 # vm_scenario [-K KERNEL] NAME [ARGS...]: tests/scenarios.sh NAME in a VM,
 # on Debian 12's stock kernel or, with -K 6.12, on 6.12 (tests/vm.sh -K).
+#
+# The client's own kernel can die under the unlink storms: 6.12's vhci_hcd
+# once oopsed in vhci_tx_loop (vhci_send_cmd_submit, a corrupted slab),
+# while the server's side went on normally.  That is the kernel's bug, and
+# a rare one, so a VM that died (vm.sh: 125) with vhci_hcd in its oops is
+# booted once more and the oops is shown; a second death fails.
 vm_scenario() {
-	local out kernel=()
+	local out kernel=() try rc
 	if [ "$1" = -K ]; then
 		kernel=(-K "$2")
 		shift 2
 	fi
-	out=$(mktemp -d "$WORK/vm-$1${kernel[1]:+-${kernel[1]}}.XXXX")
-	tests/vm.sh "${kernel[@]}" -t 300 -o "$out" tests/scenarios.sh "$@"
+	for try in 1 2; do
+		out=$(mktemp -d "$WORK/vm-$1${kernel[1]:+-${kernel[1]}}.XXXX")
+		tests/vm.sh "${kernel[@]}" -t 300 -o "$out" tests/scenarios.sh \
+			"$@" && return 0
+		rc=$?
+		[ "$rc" -eq 125 ] && [ "$try" -eq 1 ] &&
+			grep -q " vhci_[a-z_]*+0x[0-9a-f/x]* \[vhci_hcd\]" \
+				"$out/kernel.log" || return "$rc"
+		echo "measured: the VM's kernel oopsed in vhci_hcd, booting" \
+			"once more:" $(grep -m 2 -o " vhci_[a-z_]*+0x[0-9a-f/x]*" \
+				"$out/kernel.log")
+	done
 }
 
 # make bench is no test, but the helper it builds must not rot unseen.
