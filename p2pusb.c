@@ -4162,9 +4162,12 @@ static void capture_reply(struct urb *u, int32_t status, int32_t actual)
 static void capture_served(struct urb *u, char type, int32_t status,
 			   int32_t length)
 {
-	struct urb_seen s = { &u->cmd, u->conn->devid, usbmon_type(u),
-			      urb_data(u), u->iso };
+	struct urb_seen s = { &u->cmd, u->conn->devid, 0, urb_data(u),
+			      u->iso };
 
+	if (!u->conn->o->capture)
+		return;		/* no --pcap: nothing per URB */
+	s.xfer_type = usbmon_type(u);
 	capture_urb(u->conn->o->capture, &s, type, status, (uint32_t)length);
 }
 
